@@ -1,0 +1,231 @@
+"""Pure parsers of FreeBSD dump containers (no Volatility imports).
+
+:func:`open_dump` / :func:`detect` recognise, in this order:
+
+* a kerneldumpheader leader at offset 0, or a trailer in the last block of
+  a copy of the whole dump device (the leader is then found from the
+  trailer's ``dumpextent``, as savecore(8) does); the dump behind it is
+  parsed like a savecore'd file, with offsets still counted in the outer
+  file;
+* an amd64 minidump (``"minidump"`` magic, :mod:`.minidump`);
+* an ELF core (:mod:`.elfcore`);
+* gzip/zstd streams, tar archives (textdumps), text, compressed or
+  encrypted dumps: refused with a message saying what to do;
+* anything else: a raw physical memory image (:mod:`.raw`).
+
+Every result is a :class:`Dump`.  Its :meth:`Dump.phys_runs` lists the dumped
+physical memory as ``(pa, file_offset, length)`` with offsets in the
+outermost file, ready for a segmented Volatility layer.
+"""
+
+from bisect import bisect_right
+from typing import List, Optional, Tuple
+
+from kvm_vol.core.amd64 import PAGE_MASK
+from kvm_vol.core.bitmap import Run
+from kvm_vol.errors import DumpFormatError, TranslationError
+from kvm_vol.formats.kdh import KDH_SIZE, KernelDumpHeader, describe_unreadable, has_kdh_magic
+from kvm_vol.formats.source import FileSource, Source, SubSource
+
+__all__ = ["Dump", "Run", "detect", "open_dump"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX tar header
+#: Block sizes tried when looking for a trailer at the end of a dump-device copy.
+_DEVICE_BLOCK_SIZES = (512, 4096)
+
+
+class Dump:
+    """A parsed dump: where each dumped physical page lies in the file.
+
+    Subclasses set :attr:`kind` and implement :meth:`_compute_runs`.
+    :attr:`source` is the outermost source (the file the user named) and
+    :attr:`origin` the offset at which the dump itself starts in it (non-zero
+    behind a kerneldumpheader); :attr:`view` is the dump alone.
+    """
+
+    kind = ""
+    arch = "amd64"
+    #: How read errors name the container ("not in <what>").
+    what = "the dump"
+
+    def __init__(self, view: Source, kdh: Optional[KernelDumpHeader] = None):
+        self.view = view
+        self.source = view.root
+        self.origin = view.origin
+        self.kdh = kdh
+        self._runs: Optional[Tuple[Run, ...]] = None
+        self._run_starts: List[int] = []
+
+    @property
+    def path(self) -> str:
+        return self.source.name
+
+    def _error(self, message: str, offset: Optional[int] = None, field: Optional[str] = None) -> DumpFormatError:
+        """A :class:`DumpFormatError` for this file; ``offset`` is relative to the dump and reported absolute."""
+        return DumpFormatError(self.path, message, None if offset is None else self.origin + offset, field)
+
+    def _compute_runs(self) -> List[Run]:
+        raise NotImplementedError
+
+    def phys_runs(self) -> Tuple[Run, ...]:
+        """Sorted, merged ``(pa, file_offset, length)`` of every dumped byte (computed once)."""
+        if self._runs is None:
+            self._runs = tuple(self._compute_runs())
+            self._run_starts = [run[0] for run in self._runs]
+        return self._runs
+
+    def _find_run(self, pa: int) -> Optional[Run]:
+        runs = self.phys_runs()
+        i = bisect_right(self._run_starts, pa) - 1
+        if i >= 0 and pa < runs[i][0] + runs[i][2]:
+            return runs[i]
+        return None
+
+    def pa_to_offset(self, pa: int) -> Optional[int]:
+        """File offset (outermost file) of physical address ``pa``, or None if not dumped."""
+        run = self._find_run(pa)
+        return None if run is None else run[1] + pa - run[0]
+
+    def read_phys(self, pa: int, length: int) -> bytes:
+        """``length`` bytes of physical memory at ``pa``.
+
+        Raises :class:`TranslationError` at the first byte that is not in the
+        dump (its ``address`` is that byte's physical address); nothing is
+        ever read across the end of a run into unrelated data.
+        """
+        if length < 0:
+            raise ValueError("negative length")
+        out = bytearray()
+        while length > 0:
+            run = self._find_run(pa)
+            if run is None:
+                raise TranslationError(pa, f"physical page {pa & ~PAGE_MASK:#x} not in {self.what}", self.kind)
+            n = min(length, run[0] + run[2] - pa)
+            data = self.source.read(run[1] + pa - run[0], n)
+            if len(data) != n:
+                end = run[1] + pa - run[0] + len(data)
+                raise TranslationError(pa + len(data), f"file ends at offset {end:#x}", self.kind)
+            out += data
+            pa += n
+            length -= n
+        return bytes(out)
+
+    def problems(self) -> List[DumpFormatError]:
+        """Non-fatal inconsistencies found in the dump (none for formats that have no cross-checks)."""
+        return []
+
+    def info(self) -> dict:
+        """Facts for ``kvm-vol info`` (JSON-serialisable; integers stay integers)."""
+        runs = self.phys_runs()
+        return {
+            "path": self.path,
+            "format": self.kind,
+            "arch": self.arch,
+            "file_size": self.source.size,
+            "dump_offset": self.origin,
+            "kerneldumpheader": None if self.kdh is None else self.kdh.to_dict(),
+            "phys_runs": len(runs),
+            "dumped_bytes": sum(run[2] for run in runs),
+            "problems": [{"field": p.field, "offset": p.offset, "message": p.message} for p in self.problems()],
+        }
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> "Dump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r} at {self.origin:#x}>"
+
+
+def _find_leader(source: Source) -> Optional[Tuple[KernelDumpHeader, int]]:
+    """The kerneldumpheader leader and its offset, if the file has one."""
+    head = source.read(0, KDH_SIZE)
+    if has_kdh_magic(head):
+        return KernelDumpHeader.parse(head, source.name, 0), 0
+    # A copy of the whole dump partition: the trailer is in the last block and
+    # the leader one block before the key and the extent (savecore's DoFile).
+    for blocksize in _DEVICE_BLOCK_SIZES:
+        at = source.size - blocksize
+        if at <= 0:
+            continue
+        raw = source.read(at, KDH_SIZE)
+        if not has_kdh_magic(raw):
+            continue
+        try:
+            hdr = KernelDumpHeader.parse(raw, source.name, at)
+        except DumpFormatError:
+            continue
+        leader = at - hdr.dumpextent - hdr.dumpkeysize - hdr.blocksize
+        if hdr.parity_ok and hdr.blocksize == blocksize and leader >= 0 and source.read(leader, KDH_SIZE) == raw:
+            return hdr, leader
+    return None
+
+
+def _open_inner(view: Source, kdh: Optional[KernelDumpHeader]) -> Dump:
+    """Recognise the dump that starts at byte 0 of ``view``."""
+    # Imported here because the format modules import Dump from this package.
+    from kvm_vol.formats.elfcore import ELF_MAGIC, ElfCore
+    from kvm_vol.formats.minidump import MINIDUMP_PREFIX, Minidump
+    from kvm_vol.formats.raw import RawDump
+
+    head = view.read(0, 512)
+    if head.startswith(MINIDUMP_PREFIX):
+        return Minidump(view, kdh)
+    if head.startswith(ELF_MAGIC):
+        return ElfCore(view, kdh)
+    for magic, tool, suffix in ((_GZIP_MAGIC, "gzip", ".gz"), (_ZSTD_MAGIC, "zstd", ".zst")):
+        if head.startswith(magic):
+            raise DumpFormatError(
+                view.name, f"{tool}-compressed file (savecore's vmcore.N{suffix}?): decompress it first "
+                f"({tool} -d); kvm-vol reads uncompressed dumps", view.origin, "magic")
+    if head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar":
+        raise DumpFormatError(
+            view.name, "tar archive (a textdump.tar.N?): textdumps hold ddb output, not memory; extract it with tar(1)",
+            view.origin, "magic")
+    if kdh is not None:
+        raise DumpFormatError(
+            view.name,
+            f"the kerneldumpheader is not followed by a minidump or an ELF core (starts with {head[:8].hex()})",
+            view.origin, "dump")
+    return RawDump(view, kdh)
+
+
+def detect(source: Source) -> Dump:
+    """Parse ``source`` as whichever FreeBSD dump format it holds (see the module docstring).
+
+    Raises :class:`DumpFormatError` for an empty file, a malformed dump or a
+    dump kvm-vol cannot read (compressed, encrypted, textdump, another
+    architecture); the message names the file, and the field and offset
+    where known.
+    """
+    if source.size == 0:
+        raise DumpFormatError(source.name, "empty file")
+    found = _find_leader(source)
+    if found is None:
+        return _open_inner(source, None)
+    kdh, leader = found
+    why = describe_unreadable(kdh)
+    if why is not None:
+        raise DumpFormatError(source.name, why, leader, "kerneldumpheader")
+    if kdh.architecture != "amd64":
+        raise DumpFormatError(
+            source.name, f"dump of a {kdh.architecture!r} machine; kvm-vol reads amd64 dumps",
+            leader + 20, "kerneldumpheader.architecture")
+    return _open_inner(SubSource(source, leader + kdh.dump_offset, kdh.dumplength), kdh)
+
+
+def open_dump(path: str) -> Dump:
+    """Open ``path`` read-only and :func:`detect` its format; close the result when done."""
+    source = FileSource.open(path)
+    try:
+        return detect(source)
+    except BaseException:
+        source.close()
+        raise
