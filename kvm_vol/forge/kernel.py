@@ -1,0 +1,319 @@
+"""Kernel globals, processes, threads and credentials of a synthetic FreeBSD.
+
+Everything here mirrors what the real kernel does at boot and on fork:
+
+* ``proc0``/``thread0_st`` are statics in the image, pid 0 "kernel", with
+  kernel threads added by ``kthread_add()`` (tids from THREAD0_TID = 100000);
+* ``allproc`` is a ``LIST_HEAD`` whose ``LIST_INSERT_HEAD`` on fork puts the
+  newest process first and proc0 last;
+* ``pidhashtbl``/``pidhash`` hash every process by ``pid & pidhash``;
+* ``p_children``/``p_sibling`` link each parent to its children;
+* credentials keep their groups in ``cr_smallgroups`` with ``cr_groups``
+  pointing there (14.x: ``cr_gid`` is ``cr_groups[0]``; 15.0 has its own
+  ``cr_gid`` field);
+* each thread has a KSTACK_PAGES kernel stack in KVA behind a guard page,
+  ``td_pcb`` near its top, exactly as ``cpu_thread_alloc()`` computes it;
+* the self-describing offsets (``proc_off_p_pid`` ...) are ``const int``
+  globals holding the layout's offsets, as kern_proc.c defines them.
+
+The ground truth each process produces is recorded in the manifest from the
+*specification*, never read back through kvm-vol's own readers.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from kvm_vol import freebsd as F
+from kvm_vol.core import amd64 as A
+from kvm_vol.forge.machine import Machine
+
+THREAD0_TID = 100000  # NO_PID: the first thread id
+NOCPU = -1  # td_oncpu of a thread that is not running
+XSAVE_AREA = 832  # roundup2(cpu_max_ext_state_size, XSAVE_AREA_ALIGN) for AVX
+PIDHASH_SIZE = 256  # hashinit() rounds to a power of two; pidhash is size - 1
+
+# td_state / td_inhibitors for each thread state a spec can name, and the
+# ki_stat fill_kinfo_proc() derives from it for a PRS_NORMAL process.
+THREAD_STATES = {
+    "running": (F.TDS_RUNNING, 0, F.SRUN),
+    "runq": (F.TDS_RUNQ, 0, F.SRUN),
+    "can_run": (F.TDS_CAN_RUN, 0, F.SRUN),
+    "sleeping": (F.TDS_INHIBITED, F.TDI_SLEEPING, F.SSLEEP),
+    "lock": (F.TDS_INHIBITED, F.TDI_LOCK, F.SLOCK),
+    "iwait": (F.TDS_INHIBITED, F.TDI_IWAIT, F.SWAIT),
+    "suspended": (F.TDS_INHIBITED, F.TDI_SUSPENDED, F.SWAIT),
+    "inactive": (F.TDS_INACTIVE, 0, F.SWAIT),
+}
+
+
+@dataclass
+class ThreadSpec:
+    name: str
+    state: str = "sleeping"
+    oncpu: int = NOCPU
+    wmesg: Optional[str] = None
+    tid: Optional[int] = None  # assigned in creation order when None
+
+
+@dataclass
+class ProcSpec:
+    pid: int
+    comm: str
+    ppid: int
+    uid: int = 0
+    ruid: Optional[int] = None
+    svuid: Optional[int] = None
+    gid: int = 0
+    rgid: Optional[int] = None
+    svgid: Optional[int] = None
+    groups: Sequence[int] = ()
+    state: str = "NORMAL"  # enum p_states without the PRS_ prefix
+    flags: int = F.P_INMEM | F.P_EXEC
+    stopped: bool = False  # P_STOPPED_SIG
+    threads: List[ThreadSpec] = field(default_factory=list)
+
+
+def expected_stat(spec: ProcSpec) -> int:
+    """ki_stat as fill_kinfo_proc() computes it from the first thread."""
+    if spec.state == "ZOMBIE":
+        return F.SZOMB
+    if spec.state == "NEW":
+        return F.SIDL
+    state, _inhib, stat = THREAD_STATES[spec.threads[0].state]
+    if stat == F.SRUN:
+        return F.SRUN
+    if spec.stopped:
+        return F.SSTOP
+    return stat
+
+
+class Kernel:
+    """Writes a FreeBSD kernel's globals and process table into a :class:`Machine`."""
+
+    def __init__(self, machine: Machine, release: str, osreldate: int, banner: str,
+                 symbol_types: Optional[Dict[str, Dict[str, Any]]] = None):
+        self.m = machine
+        self.L = machine.layout
+        self.release = release
+        self.osreldate = osreldate
+        self.banner = banner
+        self._types = symbol_types or {}
+        self._next_tid = THREAD0_TID
+        self.procs: Dict[int, int] = {}  # pid -> struct proc VA
+        self.manifest_procs: List[Dict[str, Any]] = []
+        self._allproc_order: List[int] = []  # struct proc VAs, newest first
+        self._globals()
+
+    # ------------------------------------------------------------------
+    def _type(self, name: str, fallback: Dict[str, Any]) -> Dict[str, Any]:
+        """A global's type from the type pack, else the given C type."""
+        desc = self._types.get(name, {}).get("type")
+        return desc or fallback
+
+    def _base(self, name: str) -> Dict[str, Any]:
+        return {"kind": "base", "name": name}
+
+    def _globals(self) -> None:
+        m, L = self.m, self.L
+        m.write_kernel_elf_header()
+        text = self.banner.encode()
+        char = self._base("char")
+        m.kernel_var("version", {"kind": "array", "count": len(text) + 1, "subtype": char}, text)
+        m.kernel_var("ostype", {"kind": "array", "count": 8, "subtype": char}, b"FreeBSD")
+        osrelease = self.banner.split()[1].encode()
+        m.kernel_var("osrelease", {"kind": "array", "count": 32, "subtype": char}, osrelease)
+        m.kernel_var("osreldate", self._base("int"), self.osreldate)
+        m.kernel_var("KPML4phys", self._type("KPML4phys", self._base("unsigned long")), m.kpml4phys)
+        m.kernel_var("kernphys", self._type("kernphys", self._base("unsigned long")), m.kernphys)
+        for name, struct, member in (
+            ("proc_off_p_pid", "proc", "p_pid"), ("proc_off_p_comm", "proc", "p_comm"),
+            ("proc_off_p_list", "proc", "p_list"), ("proc_off_p_threads", "proc", "p_threads"),
+            ("proc_off_p_hash", "proc", "p_hash"), ("thread_off_td_tid", "thread", "td_tid"),
+            ("thread_off_td_name", "thread", "td_name"), ("thread_off_td_oncpu", "thread", "td_oncpu"),
+            ("thread_off_td_pcb", "thread", "td_pcb"), ("thread_off_td_plist", "thread", "td_plist"),
+        ):
+            m.kernel_var(name, self._base("int"), L.offsetof(struct, member), rodata=True)
+        if "pcb" in L.user_types:
+            m.kernel_var("pcb_size", self._base("int"), L.sizeof("pcb"), rodata=True)
+
+        self.allproc = m.kernel_var("allproc", {"kind": "struct", "name": "proclist"}
+                                    if "proclist" in L.user_types else {"kind": "pointer", "subtype": {"kind": "struct", "name": "proc"}})
+        self.nprocs = m.kernel_var("nprocs", self._base("int"), 0)
+        self.pidhashtbl_va = m.uma_alloc(PIDHASH_SIZE * 8)
+        m.kernel_var("pidhashtbl", {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}, self.pidhashtbl_va)
+        m.kernel_var("pidhash", self._base("unsigned long"), PIDHASH_SIZE - 1)
+        self.proc0 = m.kernel_var("proc0", {"kind": "struct", "name": "proc"}, align=64)
+        self.thread0 = m.kernel_var("thread0_st", {"kind": "struct", "name": "thread"}, align=64)
+        self._msgbuf()
+
+    def _msgbuf(self) -> None:
+        """The message buffer at the top of RAM, header after the data (msgbufinit())."""
+        m, L = self.m, self.L
+        if "msgbuf" not in L.user_types:
+            return
+        hdr_size = L.sizeof("msgbuf")
+        data_size = m.msgbuf_size - hdr_size
+        data_va = m.dmap(m.msgbuf_pa)
+        hdr_va = data_va + data_size
+        for i in range(0, m.msgbuf_size, 4096):
+            m.mem.touch((m.msgbuf_pa + i) >> 12)
+        text = (f"---<<BOOT>>---\nCopyright (c) 1992-2024 The FreeBSD Project.\n{self.banner}"
+                "CPU: QEMU Virtual CPU (2400.00-MHz K8-class CPU)\nreal memory  = "
+                f"{m.ram_size} ({m.ram_size >> 20} MB)\n").encode()
+        m.write_kva(data_va, text)
+        values = {"msg_ptr": data_va, "msg_magic": 0x063062, "msg_size": data_size,
+                  "msg_wseq": len(text), "msg_rseq": 0}
+        m.set_fields(hdr_va, "msgbuf", {k: v for k, v in values.items() if L.has_field("msgbuf", k)})
+        m.kernel_var("msgbufp", {"kind": "pointer", "subtype": {"kind": "struct", "name": "msgbuf"}}, hdr_va)
+        self.msgbuf_text = text
+        self._msgbuf_ring = (data_va, data_size)
+
+    def msgbuf_bytes(self) -> bytes:
+        """The ring buffer as a minidump's msgbuf section holds it (msg_ptr, msg_size)."""
+        ring = getattr(self, "_msgbuf_ring", None)
+        if ring is None:
+            return b""
+        return self.m.read_kva(*ring)
+
+    # ------------------------------------------------------------------
+    def _ucred(self, spec: ProcSpec) -> int:
+        L, m = self.L, self.m
+        groups = [spec.gid] + [g for g in spec.groups]
+        va = m.uma_alloc(L.sizeof("ucred"))
+        values: Dict[str, Any] = {
+            "cr_ref": 1, "cr_users": 1, "cr_uid": spec.uid,
+            "cr_ruid": spec.uid if spec.ruid is None else spec.ruid,
+            "cr_svuid": spec.uid if spec.svuid is None else spec.svuid,
+            "cr_rgid": spec.gid if spec.rgid is None else spec.rgid,
+            "cr_svgid": spec.gid if spec.svgid is None else spec.svgid,
+        }
+        small_off, small_desc = L.field("ucred", "cr_smallgroups")
+        values["cr_agroups"] = small_desc["count"]
+        values["cr_groups"] = va + small_off
+        if L.has_field("ucred", "cr_gid"):
+            # 15.0: effective gid has its own field; cr_groups holds only
+            # supplementary groups and cr_ngroups counts those.
+            values["cr_gid"] = spec.gid
+            stored = list(spec.groups)
+        else:
+            # 14.x: cr_gid is cr_groups[0]; cr_ngroups includes it.
+            stored = groups
+        values["cr_ngroups"] = len(stored)
+        values["cr_smallgroups"] = stored
+        m.set_fields(va, "ucred", values)
+        return va
+
+    def _thread(self, proc_va: int, t: ThreadSpec, cred: int, va: Optional[int] = None) -> Dict[str, Any]:
+        L, m = self.L, self.m
+        if va is None:
+            va = m.alloc_struct("thread")
+        tid = t.tid if t.tid is not None else self._next_tid
+        self._next_tid = max(self._next_tid, tid + 1)
+        kstack = m.kmem_alloc(m.KSTACK_PAGES * 4096, guard_pages=1)
+        pcb_size = L.sizeof("pcb") if "pcb" in L.user_types else 0x340
+        pcb = kstack + m.KSTACK_PAGES * 4096 - XSAVE_AREA - pcb_size
+        td_state, inhib, _stat = THREAD_STATES[t.state]
+        values: Dict[str, Any] = {
+            "td_proc": proc_va, "td_tid": tid, "td_name": t.name, "td_state": td_state,
+            "td_inhibitors": inhib, "td_oncpu": t.oncpu, "td_lastcpu": max(t.oncpu, 0),
+            "td_kstack": kstack, "td_kstack_pages": m.KSTACK_PAGES, "td_pcb": pcb,
+            "td_ucred": cred,
+        }
+        if t.wmesg:
+            values["td_wmesg"] = m.place_rodata(t.wmesg.encode() + b"\0")
+        m.set_fields(va, "thread", {k: v for k, v in values.items() if L.has_field("thread", k)})
+        return {"tid": tid, "name": t.name, "state": t.state, "oncpu": t.oncpu, "offset": va}
+
+    def add_process(self, spec: ProcSpec) -> int:
+        """fork1() + exec: a struct proc with its threads, credentials and links."""
+        L, m = self.L, self.m
+        if spec.pid in self.procs:
+            raise ValueError(f"pid {spec.pid} twice")
+        if not spec.threads:
+            raise ValueError(f"pid {spec.pid}: a process has at least one thread")
+        va = self.proc0 if spec.pid == 0 else m.alloc_struct("proc")
+        cred = self._ucred(spec)
+        pstate = L.field_enum_value("proc", "p_state", f"PRS_{spec.state}")
+        flags = spec.flags | (F.P_STOPPED_SIG if spec.stopped else 0)
+        if len(spec.threads) > 1:
+            flags |= F.P_HADTHREADS
+        m.set_fields(va, "proc", {
+            "p_pid": spec.pid, "p_comm": spec.comm.encode()[:F.MAXCOMLEN], "p_state": pstate,
+            "p_flag": flags, "p_ucred": cred, "p_numthreads": len(spec.threads), "p_magic": F.P_MAGIC,
+        })
+
+        # threads: TAILQ in creation order
+        tq_off = L.offsetof("proc", "p_threads")
+        plist_off = L.offsetof("thread", "td_plist")
+        threads = []
+        prev_next_field = va + tq_off  # &p_threads.tqh_first
+        for i, t in enumerate(spec.threads):
+            td_va = self.thread0 if (spec.pid == 0 and i == 0) else None
+            rec = self._thread(va, t, cred, td_va)
+            td = rec["offset"]
+            m.write_kva(prev_next_field, td.to_bytes(8, "little"))
+            m.write_kva(td + plist_off + 8, prev_next_field.to_bytes(8, "little"))  # tqe_prev
+            prev_next_field = td + plist_off  # &td_plist.tqe_next
+            threads.append(rec)
+        m.write_kva(va + tq_off + 8, prev_next_field.to_bytes(8, "little"))  # tqh_last
+
+        # parent / children
+        parent = self.procs.get(spec.ppid) if spec.pid != 0 else None
+        if spec.pid == 0:
+            parent = va  # proc0 has no parent; the kernel leaves p_pptr NULL
+            m.set_fields(va, "proc", {"p_pptr": 0})
+        elif parent is None:
+            raise ValueError(f"pid {spec.pid}: parent {spec.ppid} not created yet")
+        else:
+            m.set_fields(va, "proc", {"p_pptr": parent})
+            self._list_insert_head(parent + L.offsetof("proc", "p_children"), va, L.offsetof("proc", "p_sibling"))
+
+        # allproc and the pid hash
+        self._list_insert_head(self.allproc, va, L.offsetof("proc", "p_list"))
+        bucket = self.pidhashtbl_va + 8 * (spec.pid & (PIDHASH_SIZE - 1))
+        self._list_insert_head(bucket, va, L.offsetof("proc", "p_hash"))
+        self.procs[spec.pid] = va
+        self._allproc_order.insert(0, va)
+        count = int.from_bytes(m.read_kva(self.nprocs, 4), "little") + 1
+        m.write_kva(self.nprocs, count.to_bytes(4, "little"))
+
+        groups = [spec.gid] + list(spec.groups)
+        self.manifest_procs.insert(0, {
+            "offset": va, "pid": spec.pid, "ppid": spec.ppid if spec.pid != 0 else 0,
+            "comm": spec.comm[:F.MAXCOMLEN], "p_state": f"PRS_{spec.state}",
+            "stat": F.KI_STAT_NAMES[expected_stat(spec)],
+            "uid": spec.uid, "ruid": spec.uid if spec.ruid is None else spec.ruid,
+            "svuid": spec.uid if spec.svuid is None else spec.svuid,
+            "gid": spec.gid, "rgid": spec.gid if spec.rgid is None else spec.rgid,
+            "svgid": spec.gid if spec.svgid is None else spec.svgid, "groups": groups,
+            "flags": flags, "threads": threads,
+        })
+        return va
+
+    def _list_insert_head(self, head: int, elm: int, entry_off: int) -> None:
+        """LIST_INSERT_HEAD(head, elm, field) on raw memory (le_next, le_prev)."""
+        m = self.m
+        first = int.from_bytes(m.read_kva(head, 8), "little")
+        m.write_kva(elm + entry_off, first.to_bytes(8, "little"))
+        if first:
+            m.write_kva(first + entry_off + 8, (elm + entry_off).to_bytes(8, "little"))
+        m.write_kva(head, elm.to_bytes(8, "little"))
+        m.write_kva(elm + entry_off + 8, head.to_bytes(8, "little"))
+
+    def manifest(self) -> Dict[str, Any]:
+        m = self.m
+        return {
+            "release": self.release,
+            "osreldate": self.osreldate,
+            "banner": self.banner,
+            "arch": "amd64",
+            "kernbase": A.KERNBASE,
+            "kernphys": m.kernphys,
+            "kpml4phys": m.kpml4phys,
+            "dmap": [A.DMAP_MIN_ADDRESS, A.DMAP_MAX_ADDRESS],
+            "dump_avail": [list(r) for r in m.dump_avail()],
+            "ram_size": m.ram_size,
+            "symbols": dict(sorted(m.symbols.items())),
+            "nprocs": len(self.manifest_procs),
+            "processes": self.manifest_procs,
+        }
