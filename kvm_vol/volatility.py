@@ -1,0 +1,77 @@
+"""Register kvm-vol with Volatility 3: layers, stackers, identifier, symbol finder.
+
+The plugin modules installed as ``volatility3.plugins.freebsd`` import this
+module first.  Importing it
+
+* defines the stackers (``kvm_vol.layers``), so ``LayerStacker`` offers them
+  for every ``vol -f`` run, generic plugins included;
+* defines :class:`~kvm_vol.symbols.volsym.FreebsdIdentifier` (files FreeBSD
+  ISFs as ``freebsd`` instead of ``mac``) and the FreeBSD symbol finder;
+* appends the per-user ISF directory (``kvm-vol isf`` / ``kvm-vol demo``
+  write there) to ``volatility3.symbols.__path__`` so ``vol`` needs no ``-s``.
+
+It must raise nothing but ``ImportError``: Volatility's plugin loader turns any
+other exception into a crash of every ``vol`` command.
+"""
+
+import logging
+
+try:
+    import volatility3.symbols
+    from volatility3.framework import constants
+except ImportError:  # pragma: no cover - volatility3 is a dependency
+    raise
+
+from kvm_vol import paths
+from kvm_vol.layers import kernel as _kernel_layers  # noqa: F401  (registers the stacker)
+from kvm_vol.layers import physical as _physical_layers  # noqa: F401  (registers the stackers)
+from kvm_vol.symbols import volsym as _volsym  # noqa: F401  (identifier + symbol finder)
+
+vollog = logging.getLogger(__name__)
+
+#: Oldest Volatility framework we run on (and test against in CI).
+MIN_FRAMEWORK = (2, 28, 0)
+
+
+def _check_framework() -> None:
+    have = (constants.VERSION_MAJOR, constants.VERSION_MINOR, constants.VERSION_PATCH)
+    if have < MIN_FRAMEWORK or have[0] != MIN_FRAMEWORK[0]:
+        raise ImportError(
+            f"kvm-vol needs volatility3 framework {'.'.join(map(str, MIN_FRAMEWORK))} or a later 2.x; "
+            f"found {'.'.join(map(str, have))}"
+        )
+
+
+def exclude_other_os_automagic() -> None:
+    """Keep Windows/Linux/Mac automagics away from ``freebsd.*`` plugins.
+
+    Volatility 2.28 knows only the categories windows, linux and mac; for any
+    other plugin category it runs *every* automagic, so a FreeBSD plugin
+    would wait for the Windows PDB scanner to scan the whole kernel address
+    space.  Adding "freebsd" to ``OS_CATEGORIES`` and to the exclusion lists
+    of the other systems' stackers and finders is exactly the core change
+    proposed upstream (volatility3 PR #1182), applied from outside.  Generic
+    plugins (banners, layerwriter, ...) are unaffected.
+    """
+    from volatility3.framework.automagic import linux, mac, pdbscan, windows
+
+    if "freebsd" not in constants.OS_CATEGORIES:
+        constants.OS_CATEGORIES.append("freebsd")
+    for cls in (linux.LinuxIntelStacker, linux.LinuxIntelVMCOREINFOStacker, linux.LinuxSymbolFinder,
+                mac.MacIntelStacker, mac.MacSymbolFinder, pdbscan.KernelPDBScanner,
+                windows.WindowsIntelStacker, windows.WinSwapLayers):
+        if "freebsd" not in cls.exclusion_list:
+            cls.exclusion_list = list(cls.exclusion_list) + ["freebsd"]
+
+
+def register_symbol_dirs() -> None:
+    """Make the per-user ISF directory a Volatility symbol root (idempotent)."""
+    directory = str(paths.user_symbols_dir())
+    roots = volatility3.symbols.__path__
+    if directory not in roots:
+        roots.append(directory)
+
+
+_check_framework()
+exclude_other_os_automagic()
+register_symbol_dirs()
