@@ -26,6 +26,6 @@ setup(
     },
     package_data={"kvm_vol._symbols": ["types/*.json.xz"]},
     install_requires=["volatility3>=2.28.0,<3", "pyelftools>=0.29", "cffi>=1.15"],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "jsonschema>=4", "hypothesis>=6"]},
     entry_points={"console_scripts": ["kvm-vol=kvm_vol.cli:main"]},
 )

@@ -61,8 +61,13 @@ HEADER_RELEASES: Dict[str, Tuple[int, int]] = {
 #: FreeBSD architecture name -> zig target CPU.
 ARCHES: Dict[str, str] = {"amd64": "x86_64", "i386": "x86", "arm64": "aarch64"}
 
-#: The aggregate in types.c that exists only to make the compiler emit types.
+#: The aggregates in types.c that exist only to make the compiler emit types
+#: (``kvm_vol_types`` and every ``kvm_vol_types_<area>`` appended later).
 HELPER = "kvm_vol_types"
+
+
+def is_helper(name: str) -> bool:
+    return name == HELPER or name.startswith(HELPER + "_")
 
 
 class Toolchain:
@@ -122,10 +127,11 @@ def make_pack(toolchain: Toolchain, arch: str, workdir: Path) -> Tuple[str, Dict
     toolchain.compile(target, obj)
     isf = dwarf_to_isf(obj)
 
-    isf["user_types"].pop(HELPER, None)
+    for name in [n for n in isf["user_types"] if is_helper(n)]:
+        del isf["user_types"][name]
     symbols = {}
     for name, entry in isf["symbols"].items():
-        if name == HELPER:
+        if is_helper(name):
             continue
         symbols[name] = {"address": 0, "type": entry["type"]}
     isf["symbols"] = symbols

@@ -230,3 +230,70 @@ uint64_t *IdlePTD_pae;
 uint32_t *IdlePTD_nopae;
 struct pcpu __pcpu[MAXCPU];	/* machine/pcpu_aux.h */
 #endif
+
+/*
+ * Open files, swap (issue 5).  struct blist (sys/blist.h) is what sw_blist
+ * points to; struct protosw and struct domain (sys/protosw.h, sys/domain.h)
+ * are what a socket's so_proto leads to.  All three are in installed headers
+ * outside _KERNEL.
+ */
+#define	_WANT_PROTOSW		/* 15.0 hides struct protosw behind it */
+#include <sys/blist.h>
+#include <sys/protosw.h>
+#include <sys/domain.h>
+
+/*
+ * struct namecache is private to sys/kern/vfs_cache.c, so no header has it.
+ * Declared here with the kernel's layout (identical in 13.x, 14.x and 15.0):
+ * nc_hash is a CK_SLIST_ENTRY, i.e. one pointer (ck_queue.h is kernel-only).
+ * nc_name[] is the flexible name; entries come from the small or large
+ * (NAME_MAX) namecache zones, with the _ts variants in front when the file
+ * system supplies timestamps (NCF_TS), which does not move these fields.
+ * These four structures need no helper member: swdevt.sw_blist,
+ * socket.so_proto, protosw.pr_domain and vnode.v_cache_dst point to them, so
+ * DWARF carries them once they are complete here.
+ */
+struct negstate {
+	u_char	neg_flag;
+	u_char	neg_hit;
+};
+struct namecache {
+	LIST_ENTRY(namecache)	nc_src;		/* source vnode list */
+	TAILQ_ENTRY(namecache)	nc_dst;		/* destination vnode list */
+	struct { struct namecache *csle_next; } nc_hash;	/* CK_SLIST_ENTRY */
+	struct vnode		*nc_dvp;	/* vnode of parent of name */
+	union {
+		struct vnode	*nu_vp;		/* vnode the name refers to */
+		struct negstate	nu_neg;		/* negative entry state */
+	} n_un;
+	u_char			nc_flag;	/* NCF_* */
+	u_char			nc_nlen;	/* length of name */
+	char			nc_name[];	/* segment name + nul */
+};
+
+/*
+ * Processes: arguments, environment, controlling terminals (issue 4).
+ * struct ps_strings (sys/exec.h) is what a process's user stack holds at
+ * PROC_PS_STRINGS(p); struct cdev_priv (fs/devfs/devfs_int.h, outside
+ * _KERNEL) wraps every struct cdev and holds cdp_inode, the dev_t that
+ * tty_udev() / dev2udev() report as ki_tdev.  struct freebsd32_ps_strings is
+ * in sys/compat/freebsd32/freebsd32_util.h, which is not installed; it is
+ * declared here with the kernel's layout (unchanged since FreeBSD 7).
+ * They are members of kvm_vol_types_procs, which regenerate.py drops like
+ * kvm_vol_types.
+ */
+#include <sys/exec.h>
+#include <fs/devfs/devfs_int.h>
+
+struct freebsd32_ps_strings {
+	uint32_t ps_argvstr;	/* first of 0 or more argument strings */
+	int	ps_nargvstr;	/* the number of argument strings */
+	uint32_t ps_envstr;	/* first of 0 or more environment strings */
+	int	ps_nenvstr;	/* the number of environment strings */
+};
+
+struct kvm_vol_types_procs {
+	struct ps_strings		ps_strings;
+	struct freebsd32_ps_strings	freebsd32_ps_strings;
+	struct cdev_priv		cdev_priv;
+} kvm_vol_types_procs;
