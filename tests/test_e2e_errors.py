@@ -81,7 +81,6 @@ def test_missing_isf_names_kernel_and_command(forged_images, tmp_path):
     from kvm_vol.forge.demo import pack_for_release
 
     forged = build.build(pack_for_release("14"))
-    forged.kernel.banner  # the forge's banner is known; patch it to an unknown build
     paths = forged.write(str(tmp_path), stem="unknown", formats=("vmcore", "raw"))
     for fmt in ("vmcore", "raw"):
         data = bytearray(open(paths[fmt], "rb").read())
