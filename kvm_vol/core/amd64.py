@@ -28,7 +28,7 @@ __all__ = [
     "PG_V", "PG_RW", "PG_U", "PG_A", "PG_M", "PG_PS", "PG_G", "PG_NX",
     "PG_FRAME", "PG_PS_FRAME", "PG_PS_PDP_FRAME",
     "PML4SHIFT", "NKPML4E", "NDMPML4E", "KPML4BASE", "KPML4I", "KPDPI", "DMPML4I",
-    "KERNBASE", "VM_MIN_KERNEL_ADDRESS", "DMAP_MIN_ADDRESS", "DMAP_MAX_ADDRESS", "KERNLOAD", "KERNSTART",
+    "KERNBASE", "VM_MIN_KERNEL_ADDRESS", "DMAP_MIN_ADDRESS", "DMAP_MAX_ADDRESS", "KERNLOAD", "KERNSTART", "PHYS_AVAIL_COUNT",
     "round_page", "is_canonical", "walk",
     "PageTableTranslator", "MinidumpAmd64Translator",
 ]
@@ -80,6 +80,9 @@ VM_MIN_KERNEL_ADDRESS = _kv4addr(KPML4BASE)  #: 0xfffffe0000000000; minidump v2/
 DMAP_MIN_ADDRESS = _kv4addr(DMPML4I)  #: 0xfffff80000000000, direct map of physical memory
 DMAP_MAX_ADDRESS = _kv4addr(DMPML4I + NDMPML4E)  #: 0xfffffc0000000000
 KERNLOAD = 0x200000  #: physical (and KERNBASE-relative) load address of a BIOS-booted kernel
+#: Entries of ``phys_avail[]``/``dump_avail[]``: PHYS_AVAIL_ENTRIES + 2 = VM_PHYSSEG_MAX (63) * 2 + 2
+#: (``vm/vm_phys.h``, ``amd64/include/vmparam.h``); ``[start, end)`` pairs ended by a pair whose end is 0.
+PHYS_AVAIL_COUNT = 128
 KERNSTART = KERNBASE + KERNLOAD
 
 _U64 = struct.Struct("<Q")

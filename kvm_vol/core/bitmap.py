@@ -20,6 +20,7 @@ multiples of 8 bytes or of a page, libkvm quirks 6 and 7) is handled.
 import struct
 from array import array
 from bisect import bisect_right
+from itertools import accumulate
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from kvm_vol.core.amd64 import PAGE_SIZE
@@ -33,6 +34,8 @@ _ALL_ONES = (1 << 64) - 1
 #: Bitmap bytes examined at once when looking for runs (zero and full blocks are skipped whole).
 _SCAN_BYTES = 512
 _SCAN_WORDS = struct.Struct(f"<{_SCAN_BYTES // 8}Q")
+#: Bitmap bytes checked for being all zeros at once while building the bins (a multiple of a bin).
+_ZERO_BLOCK_BYTES = 1 << 16
 
 #: ``(physical address, file offset, length)``; offsets are in the outermost file.
 Run = Tuple[int, int, int]
@@ -149,11 +152,19 @@ class BitmapIndex:
             dump_avail = [(0, self.nbits * page_size)] if self.nbits else []
         self.avail = DumpAvail(dump_avail, page_size)
         view = memoryview(self._bitmap)
+        size = len(self._bitmap)
+        counts = [0] * (-(-size // _BIN_BYTES))
+        # Whole blocks of zeros (most of a big machine's sparse bitmap) are
+        # skipped at C speed; only the others are counted bin by bin.
+        for block in range(0, size, _ZERO_BLOCK_BYTES):
+            end = min(block + _ZERO_BLOCK_BYTES, size)
+            if self._bitmap.count(0, block, end) == end - block:
+                continue
+            for start in range(block, end, _BIN_BYTES):
+                counts[start // _BIN_BYTES] = _popcount(int.from_bytes(view[start:start + _BIN_BYTES], "little"))
         bins = array("Q", [0])
-        total = 0
-        for start in range(0, len(self._bitmap), _BIN_BYTES):
-            total += _popcount(int.from_bytes(view[start:start + _BIN_BYTES], "little"))
-            bins.append(total)
+        bins.extend(accumulate(counts))
+        total = bins[-1]
         self._bins = bins
         #: Set bits, i.e. pages the dump claims to hold.
         self.count = total

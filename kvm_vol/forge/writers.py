@@ -14,7 +14,7 @@ a large, mostly empty physical address space costs what it holds.
 import os
 import struct
 from bisect import bisect_right
-from typing import BinaryIO, Iterable, Iterator, List, Set, Tuple
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from kvm_vol.core.amd64 import (
     DMAP_MAX_ADDRESS, DMAP_MIN_ADDRESS, KERNBASE, NBPDP, NBPDR, NPDEPG, NPTEPG, PAGE_SHIFT, PAGE_SIZE, PML4SHIFT,
@@ -187,6 +187,7 @@ def write_minidump(
     extra_pfns: Iterable[int] = (),
     exclude_pfns: Iterable[int] = (),
     msgbuf: bytes = b"",
+    dump_avail: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> MinidumpHeader:
     """Write an amd64 minidump of ``mem`` as ``cpu_minidumpsys`` would.
 
@@ -198,13 +199,17 @@ def write_minidump(
     ``kernbase`` is VM_MIN_KERNEL_ADDRESS for v2/v3 and KERNBASE for v1.  v3
     writes ``dump_avail = mem.ranges`` and numbers bits over those ranges;
     v1/v2 number bits by PFN.  The bitmap is rounded to a page, as FreeBSD
-    does.  Returns the header written.
+    does.  ``dump_avail`` replaces ``mem.ranges`` as the RAM the dump
+    describes (sorted ``[start, end)`` ranges): it may describe far more RAM
+    than ``mem`` holds, e.g. a terabyte, for a huge sparse bitmap whose
+    unwritten pages stay holes in the file.  Returns the header written.
     """
     if version not in (1, 2, 3):
         raise ValueError(f"amd64 minidump version {version} is not 1, 2 or 3")
     kernbase = VM_MIN_KERNEL_ADDRESS if version >= 2 else KERNBASE
     pmap = build_pmap_section(mem, kpml4phys, kernbase, kva_end, version)
-    ram = DumpAvail(mem.ranges)
+    avail_ranges = list(mem.ranges if dump_avail is None else dump_avail)
+    ram = DumpAvail(avail_ranges)
     dmap_pages = (dmapend - dmapbase) >> PAGE_SHIFT
     wanted = (_mapped_pfns(mem, kpml4phys, kernbase, kva_end, version) | set(extra_pfns)) - set(exclude_pfns)
     pfns = sorted(p for p in wanted if p < dmap_pages and ram.bit_id(p << PAGE_SHIFT) is not None)
@@ -212,9 +217,9 @@ def write_minidump(
     if version >= 3:
         nbits = ram.pages
         bit_of = ram.bit_id
-        avail = b"".join(DUMP_AVAIL_PAIR.pack(s, e) for s, e in mem.ranges) + DUMP_AVAIL_PAIR.pack(0, 0)
+        avail = b"".join(DUMP_AVAIL_PAIR.pack(s, e) for s, e in avail_ranges) + DUMP_AVAIL_PAIR.pack(0, 0)
     else:
-        nbits = -(-mem.end // PAGE_SIZE)
+        nbits = -(-avail_ranges[-1][1] // PAGE_SIZE)
         bit_of = (lambda pa: pa >> PAGE_SHIFT)
         avail = b""
     bitmap = bytearray(round_page(-(-nbits // 64) * 8))  # round_page(BITSET_SIZE(pages))

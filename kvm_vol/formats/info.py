@@ -13,6 +13,7 @@ import datetime
 import json
 from typing import List
 
+from kvm_vol.core import engine
 from kvm_vol.core.amd64 import PAGE_SIZE
 from kvm_vol.formats import open_dump
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_dump(args.image) as dump:
         info = dump.info()
+    info["translation_core"] = engine.implementation()
     print(json.dumps(info, indent=2) if args.json else format_text(info))
     return 0
 
@@ -94,6 +96,8 @@ def format_text(info: dict) -> str:
         for seg in info["segments"]:
             row("", f"PA [{seg['paddr']:#x}, {seg['paddr'] + seg['memsz']:#x}) at offset {seg['offset']:#x}")
     row("physical runs", f"{info['phys_runs']} covering {_size(info['dumped_bytes'])}")
+    if "translation_core" in info:
+        row("translation core", info["translation_core"])
     problems = info["problems"]
     row("problems", "none" if not problems else str(len(problems)))
     for p in problems:

@@ -17,6 +17,10 @@ from typing import Callable, Optional
 
 __all__ = ["Source", "FileSource", "BytesSource", "CallbackSource", "SubSource"]
 
+#: Larger reads use pread: a big section (a terabyte machine's 32 MiB minidump
+#: bitmap) copied out of the mapping would also stay mapped, counting twice.
+_MMAP_READ_MAX = 1 << 20
+
 
 class Source:
     """A named, sized, read-only byte range.
@@ -28,6 +32,11 @@ class Source:
 
     name: str
     size: int
+
+    def __deepcopy__(self, memo):
+        # Read-only and possibly holding an mmap: copies (Volatility deep-
+        # copies contexts and layers) share the one open file.
+        return self
 
     def __init__(self, name: str, size: int):
         self.name = name
@@ -101,9 +110,12 @@ class FileSource(Source):
         n = self._check(offset, length)
         if n == 0:
             return b""
-        if self._map is not None:
+        if self._map is not None and n <= _MMAP_READ_MAX:
             return self._map[offset:offset + n]
-        out = bytearray()
+        first = os.pread(self._fd, n, offset)
+        if len(first) == n or not first:
+            return first  # the usual case: no second copy of a big read
+        out = bytearray(first)
         while len(out) < n:
             chunk = os.pread(self._fd, n - len(out), offset + len(out))
             if not chunk:

@@ -24,12 +24,13 @@ import struct
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
-from volatility3.framework.layers import intel, resources, scanners
+from volatility3.framework.layers import intel, physical, resources, scanners
 
 from kvm_vol.core import amd64 as A
-from kvm_vol.errors import TranslationError
-from kvm_vol.layers.physical import FreebsdDumpLayer
-from kvm_vol.symbols import volsym
+from kvm_vol.errors import DumpFormatError, TranslationError
+from kvm_vol.layers import coreglue
+from kvm_vol.layers.physical import FreebsdDumpLayer, dump_for_layer
+from kvm_vol.symbols import layoutcheck, volsym
 
 vollog = logging.getLogger(__name__)
 
@@ -44,40 +45,104 @@ def canonical(va: int) -> int:
 
 
 class FreebsdIntel32e(intel.Intel32e):
-    """amd64 4-level paging, FreeBSD flavour (no Linux/Windows PTE mixins)."""
+    """amd64 4-level paging, FreeBSD flavour, served by the translation core.
+
+    ``_translate``, ``mapping`` and ``read`` go to :mod:`kvm_vol.core.engine`
+    (C, or the pure-Python twin), so a small read is one core call instead of
+    a Python page walk per page.  When the base layer is neither a FreeBSD
+    dump layer nor a file (some other Volatility layer), Volatility's own
+    walk serves instead.
+    """
 
     _direct_metadata = collections.ChainMap({"os": "FreeBSD"}, intel.Intel32e._direct_metadata)
+    #: Kernel VA and the direct map by the minidump's pmap section (libkvm's rules).
+    _minidump_rules = False
+
+    def __init__(self, context, config_path, name, metadata=None):
+        super().__init__(context, config_path, name, metadata)
+        sources = self._core_sources()
+        self._core = None if sources is None else coreglue.space_for(self, *sources, self._minidump_rules)
+
+    def _core_sources(self):
+        """``(dump, file layer)`` for the core, or None to use Volatility's walk."""
+        base = self.context.layers[self._base_layer]
+        if isinstance(base, FreebsdDumpLayer):
+            return base.dump, self.context.layers[base.config["base_layer"]]
+        if isinstance(base, physical.FileLayer):
+            try:
+                return dump_for_layer(base), base
+            except DumpFormatError:
+                return None  # not a file kvm-vol parses: Volatility's walk over the layer
+        return None
+
+    def _invalid(self, exc: TranslationError) -> exceptions.PagedInvalidAddressException:
+        return exceptions.PagedInvalidAddressException(self.name, exc.address, 12, 0, exc.reason)
+
+    def _translate(self, offset: int) -> Tuple[int, int, str]:
+        if self._core is None:
+            return super()._translate(offset)
+        try:
+            pa, _file_offset = self._core.translate(offset)
+        except TranslationError as exc:
+            raise self._invalid(exc) from None
+        return pa, 1 << 12, self._base_layer
+
+    def mapping(self, offset: int, length: int, ignore_errors: bool = False) -> Iterable[Tuple[int, int, int, int, str]]:
+        """Maximal ``(offset, length, mapped_offset, mapped_length, layer)`` runs, from the core."""
+        if self._core is None:
+            yield from super().mapping(offset, length, ignore_errors)
+            return
+        if length == 0:
+            try:
+                pa, _size, layer = self._translate(offset)
+            except exceptions.InvalidAddressException:
+                if not ignore_errors:
+                    raise
+                return
+            yield offset, 0, pa, 0, layer
+            return
+        try:
+            for va, pa, _file_offset, n in self._core.mapping(offset, length, ignore_errors):
+                yield va, n, pa, n, self._base_layer
+        except TranslationError as exc:
+            raise self._invalid(exc) from None
+
+    def _mapping(self, offset: int, length: int, ignore_errors: bool = False):
+        # Intel.mapping() calls self._mapping(): without a core that must be
+        # Volatility's walk, not mapping() again (which would recurse).
+        if self._core is None:
+            return super()._mapping(offset, length, ignore_errors)
+        return self.mapping(offset, length, ignore_errors)
+
+    def read(self, offset: int, length: int, pad: bool = False) -> bytes:
+        """``length`` bytes at ``offset`` in one core call; the first bad page raises unless ``pad``."""
+        core = self._core
+        if core is None:
+            return super().read(offset, length, pad)
+        try:
+            return core.read(offset, length, pad)
+        except TranslationError as exc:
+            raise self._invalid(exc) from None
 
 
 class FreebsdMinidumpIntel32e(FreebsdIntel32e):
     """Kernel VA by libkvm's minidump rules; everything else by a page walk."""
 
-    def __init__(self, context, config_path, name, metadata=None):
-        super().__init__(context, config_path, name, metadata)
+    _minidump_rules = True
+
+    def _core_sources(self):
         phys = self.context.layers[self._base_layer]
         if not isinstance(phys, FreebsdDumpLayer) or phys.dump.kind != "minidump":
-            raise TypeError(f"{name}: memory_layer {self._base_layer} is not a FreeBSD minidump")
-        self._md = phys.dump.translator()
-        header = phys.dump.header
-        self._md_kernbase = header.kernbase
-        self._dmap = (header.dmapbase, header.dmapend)
-
-    def _translate(self, offset: int) -> Tuple[int, int, str]:
-        va = canonical(offset)
-        if va >= self._md_kernbase or self._dmap[0] <= va < self._dmap[1]:
-            try:
-                _file_off, pa, _n = self._md.kvatop(va)
-            except TranslationError as exc:
-                raise exceptions.PagedInvalidAddressException(
-                    self.name, offset, 12, 0, exc.reason) from None
-            return pa, 1 << 12, self._base_layer
-        return super()._translate(offset)
+            raise TypeError(f"{self.name}: memory_layer {self._base_layer} is not a FreeBSD minidump")
+        return super()._core_sources()
 
 
 # ----------------------------------------------------------------------
 # symbols of candidate kernels
 
 _ISF_SYMBOLS: Dict[str, Dict[str, int]] = {}
+#: Per ISF: the values of the kernel's self-describing symbols its types predict.
+_ISF_LAYOUTS: Dict[str, Dict[str, Optional[int]]] = {}
 
 
 def isf_symbols(url: str) -> Dict[str, int]:
@@ -87,9 +152,38 @@ def isf_symbols(url: str) -> Dict[str, int]:
         with resources.ResourceAccessor().open(url) as fh:
             data = json.load(fh)
         syms = data.get("symbols", {})
-        found = {name: syms[name]["address"] for name in ("version", "KPML4phys", "kernbase") if name in syms}
+        found = {name: syms[name]["address"] for name in ("version", "KPML4phys", "kernbase", "dump_avail", "phys_avail")
+                 if name in syms}
+        found.update({name: syms[name]["address"] for name in layoutcheck.SYMBOLS if name in syms})
         _ISF_SYMBOLS[url] = found
+        _ISF_LAYOUTS[url] = layoutcheck.expectations(data)
     return found
+
+
+def layout_problem(layer: interfaces.layers.DataLayerInterface, url: str) -> Optional[str]:
+    """Why the types of the ISF at ``url`` cannot be trusted for the kernel in ``layer``, or None.
+
+    Reads the kernel's self-describing ``const int`` symbols (proc_off_*,
+    thread_off_*, pcb_size) through the new kernel layer and compares them
+    with the ISF's struct layouts (:mod:`kvm_vol.symbols.layoutcheck`).  An
+    ISF from the kernel's own DWARF always agrees; a type pack or an ISF of
+    another build may not, and is then refused rather than read as garbage.
+    """
+    syms = isf_symbols(url)
+
+    def read_int(name: str) -> Optional[int]:
+        if name not in syms:
+            return None
+        try:
+            return layoutcheck.read_int_le(layer.read(canonical(syms[name]), 4))
+        except exceptions.InvalidAddressException:
+            return None
+
+    try:
+        layoutcheck.require_match(f"the struct layouts of {url.rsplit('/', 1)[-1]}", _ISF_LAYOUTS.get(url, {}), read_int)
+    except layoutcheck.LayoutMismatch as exc:
+        return str(exc)
+    return None
 
 
 #: Why the last stacking attempt found no kernel (read by the symbol finder
@@ -97,13 +191,21 @@ def isf_symbols(url: str) -> Dict[str, int]:
 LAST_DIAGNOSIS: Dict[str, str] = {}
 
 
-def _diagnose(layer: interfaces.layers.DataLayerInterface, context) -> None:
-    """Record which FreeBSD kernel is in ``layer`` when no ISF matched it."""
+def _diagnose(layer: interfaces.layers.DataLayerInterface, context, banners: Dict[bytes, str]) -> None:
+    """Record which FreeBSD kernel is in ``layer`` when none could be used.
+
+    Two different failures need two different messages: no ISF carries the
+    banner found (the user must make one), or an ISF does but the kernel's
+    addresses do not translate (damaged dump, or another build's ISF).
+    """
     scanner = scanners.RegExScanner(BANNER_RE.pattern)
     for offset in layer.scan(context=context, scanner=scanner):
-        text = layer.read(offset, 256, pad=True).split(b"\n")[0].decode("latin-1")
-        LAST_DIAGNOSIS["banner"] = text
+        line = layer.read(offset, 256, pad=True).split(b"\n")[0]
+        LAST_DIAGNOSIS["banner"] = line.decode("latin-1")
         LAST_DIAGNOSIS["offset"] = hex(offset)
+        isf = banners.get(line + b"\n")
+        if isf:
+            LAST_DIAGNOSIS["isf"] = isf
         return
 
 
@@ -126,8 +228,16 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
             found = cls._find_by_scan(context, layer, banners, progress_callback)
         if found is None:
             if isinstance(layer, FreebsdDumpLayer) or banners:
-                _diagnose(layer, context)
-            return None
+                _diagnose(layer, context, banners)
+            if not cls._isf_from_image(layer):
+                return None
+            banners = volsym.freebsd_banners()
+            if isinstance(layer, FreebsdDumpLayer) and layer.dump.kind == "minidump":
+                found = cls._find_in_minidump(layer, banners)
+            else:
+                found = cls._find_by_scan(context, layer, banners, progress_callback)
+            if found is None:
+                return None
         banner, dtb, layer_class = found
         new_name = context.layers.free_layer_name("FreebsdKernelLayer")
         path = interfaces.configuration.path_join
@@ -136,7 +246,26 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
         context.config[path(new_name, "kernel_virtual_offset")] = 0
         context.config[path(new_name, "kernel_banner")] = banner.decode("latin-1")
         vollog.debug(f"FreeBSD kernel {banner!r} with PML4 at {dtb:#x} ({layer_class.__name__})")
-        return layer_class(context, new_name, new_name, metadata={"os": "FreeBSD"})
+        kernel_layer = layer_class(context, new_name, new_name, metadata={"os": "FreeBSD"})
+        problem = layout_problem(kernel_layer, banners[banner])
+        if problem is not None:
+            LAST_DIAGNOSIS["layout"] = f"kernel \"{banner.decode('latin-1').splitlines()[0]}\": {problem}"
+            vollog.warning(LAST_DIAGNOSIS["layout"])
+            return None
+        return kernel_layer
+
+    @staticmethod
+    def _isf_from_image(layer) -> bool:
+        """A FreeBSD kernel no ISF describes: make its ISF from the image's own symbol table.
+
+        Only when the banner scan found a kernel that no installed ISF
+        carries (:mod:`kvm_vol.layers.memisf` says why it could not, if so).
+        """
+        if "banner" not in LAST_DIAGNOSIS or "isf" in LAST_DIAGNOSIS:
+            return False
+        from kvm_vol.layers import memisf
+
+        return memisf.isf_from_image(layer, int(LAST_DIAGNOSIS["offset"], 16), LAST_DIAGNOSIS)
 
     # -- minidumps ---------------------------------------------------------
     @classmethod

@@ -16,9 +16,10 @@ from typing import Dict, Optional, Tuple
 from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import physical, segmented
 
-from kvm_vol.errors import DumpFormatError
+from kvm_vol.errors import DumpFormatError, TranslationError
 from kvm_vol import formats
-from kvm_vol.formats.source import CallbackSource
+from kvm_vol.formats.source import CallbackSource, FileSource, Source
+from kvm_vol.layers import coreglue
 
 vollog = logging.getLogger(__name__)
 
@@ -51,8 +52,19 @@ def _layer_name_for_errors(layer: interfaces.layers.DataLayerInterface) -> str:
     return location or layer.name
 
 
-def source_for_layer(layer: interfaces.layers.DataLayerInterface) -> CallbackSource:
-    """A read-only :class:`~kvm_vol.formats.source.Source` over a Volatility layer."""
+def source_for_layer(layer: interfaces.layers.DataLayerInterface) -> Source:
+    """A read-only :class:`~kvm_vol.formats.source.Source` over a Volatility layer.
+
+    A ``FileLayer`` over a local file gets kvm-vol's own read-only file
+    source (mmap/pread): Volatility's FileLayer seeks and reads a shared file
+    object without a lock unless its threading mode is on, so reads from two
+    threads could get each other's bytes.  Other layers are read through.
+    """
+    from kvm_vol.layers.coreglue import local_path
+
+    path = local_path(layer)
+    if path is not None:
+        return FileSource.open(path)
     size = layer.maximum_address + 1
 
     def read(offset: int, length: int) -> bytes:
@@ -81,13 +93,17 @@ class FreebsdDumpLayer(segmented.SegmentedLayer):
     ``InvalidAddressException``, never read as zeros.
     """
 
+    # "os" makes the Windows stacker give up at once.  No "architecture":
+    # this is a physical address space, and claiming Intel64 would let it
+    # satisfy a plugin's kernel layer requirement when no kernel was found.
     _direct_metadata = collections.ChainMap(
-        {"os": "FreeBSD", "architecture": "Intel64"},
+        {"os": "FreeBSD"},
         segmented.SegmentedLayer._direct_metadata,
     )
 
     def __init__(self, context, config_path, name, metadata=None):
         self._dump = None
+        self._core = None
         super().__init__(context, config_path, name, metadata)
 
     def _load_segments(self) -> None:
@@ -101,6 +117,20 @@ class FreebsdDumpLayer(segmented.SegmentedLayer):
     def dump(self) -> "formats.Dump":
         """The parsed container (header fields, pmap section, msgbuf ...)."""
         return self._dump
+
+    @property
+    def core(self):
+        """The translation core's view of this dump (C or twin; built once per file, see coreglue)."""
+        if self._core is None:
+            self._core = coreglue.phys_for(self._dump, self.context.layers[self._base_layer])
+        return self._core
+
+    def read(self, offset: int, length: int, pad: bool = False) -> bytes:
+        """Physical memory in one core call; a byte not in the dump raises unless ``pad`` (zeros)."""
+        try:
+            return self.core.read(offset, length, pad)
+        except TranslationError as exc:
+            raise exceptions.InvalidAddressException(self.name, exc.address, exc.reason) from None
 
 
 class FreebsdDumpStacker(interfaces.automagic.StackerLayerInterface):
@@ -130,3 +160,42 @@ class FreebsdDumpStacker(interfaces.automagic.StackerLayerInterface):
         context.config[interfaces.configuration.path_join(new_name, "base_layer")] = layer_name
         vollog.debug(f"FreeBSD {dump.kind} dump recognised in {layer_name}")
         return FreebsdDumpLayer(context, new_name, new_name)
+
+
+class FreebsdCompressedStacker(interfaces.automagic.StackerLayerInterface):
+    """``vmcore.N.gz`` / ``vmcore.N.zst``: read a decompressed copy kept in kvm-vol's cache.
+
+    Runs first (``stack_order`` 8) and puts a plain ``FileLayer`` over the
+    cached copy on top of the compressed file, so every other stacker sees an
+    ordinary dump.  The note says where the copy is and how big it is.
+    """
+
+    stack_order = 8
+
+    @classmethod
+    def stack(cls, context, layer_name, progress_callback=None) -> Optional[interfaces.layers.DataLayerInterface]:
+        from kvm_vol.formats import compressed
+
+        layer = context.layers[layer_name]
+        if not isinstance(layer, physical.FileLayer):
+            return None
+        # Read the file itself: Volatility's FileLayer already un-gzips, but
+        # through a GzipFile that restarts from byte 0 on every backward seek.
+        path = _layer_name_for_errors(layer)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            return None
+        if compressed.compression_of(head) is None:
+            return None
+        try:
+            copy = compressed.decompressed_copy(path, progress_callback)
+        except DumpFormatError as exc:
+            fatal(str(exc))
+            return None
+        vollog.warning(f"kvm-vol: reading {path} through its decompressed copy {copy} "
+                       f"({os.path.getsize(copy) >> 20} MiB, kept for later runs)")
+        new_name = context.layers.free_layer_name("FreebsdDecompressed")
+        context.config[interfaces.configuration.path_join(new_name, "location")] = copy.as_uri()
+        return physical.FileLayer(context, new_name, new_name)
