@@ -39,3 +39,70 @@ PRS_NEW, PRS_NORMAL, PRS_ZOMBIE = range(3)
 SIDL, SRUN, SSLEEP, SSTOP, SZOMB, SWAIT, SLOCK = range(1, 8)
 KI_STAT_NAMES = {SIDL: "SIDL", SRUN: "SRUN", SSLEEP: "SSLEEP", SSTOP: "SSTOP",
                  SZOMB: "SZOMB", SWAIT: "SWAIT", SLOCK: "SLOCK"}
+
+# --- load average, CPU time, message buffer, swap (issue 5) -------------
+FSHIFT = 11  # sys/param.h: bits to the right of the fixed-point binary point
+FSCALE = 1 << FSHIFT
+CPUSTATES = ("user", "nice", "sys", "intr", "idle")  # sys/resource.h CP_USER .. CP_IDLE
+MSG_MAGIC = 0x063062  # sys/msgbuf.h
+MSGBUF_NEEDNL = 0x01
+MSGBUF_WRAP = 0x02  # set once msg_wseq reached msg_size: the ring holds no NULs any more
+SW_UNMAPPED = 0x01  # sys/vm/swap_pager.h sw_flags
+SW_CLOSING = 0x04
+NODEV = (1 << 64) - 1  # sys/types.h: (dev_t)(-1); dev_t is 64 bits since 12.0
+BBSIZE = 8192  # sys/disklabel.h: swaponsomething() never hands out the first howmany(BBSIZE, PAGE_SIZE) blocks
+PAGE_SIZE = 4096
+
+# --- open files (issue 5) ------------------------------------------------
+# sys/file.h f_type; 15.0 added INOTIFY and JAILDESC.
+DTYPE_NAMES = {0: "NONE", 1: "VNODE", 2: "SOCKET", 3: "PIPE", 4: "FIFO", 5: "KQUEUE", 6: "CRYPTO",
+               7: "MQUEUE", 8: "SHM", 9: "SEM", 10: "PTS", 11: "DEV", 12: "PROCDESC", 13: "EVENTFD",
+               14: "TIMERFD", 15: "INOTIFY", 16: "JAILDESC"}
+DTYPE_NONE, DTYPE_VNODE, DTYPE_SOCKET, DTYPE_PIPE, DTYPE_FIFO, DTYPE_KQUEUE = range(6)
+# f_flag bits (sys/fcntl.h: FREAD, FWRITE and the O_* bits FMASK keeps) in
+# procstat -f's order and letters: r w a s f n d l.
+FILE_FLAG_LETTERS = ((0x0001, "r"), (0x0002, "w"), (0x0008, "a"), (0x0040, "s"), (0x0080, "f"),
+                     (0x0004, "n"), (0x00010000, "d"), (0x4000, "l"))
+FREAD, FWRITE, O_NONBLOCK, O_APPEND = 0x0001, 0x0002, 0x0004, 0x0008
+VV_ROOT = 0x0001  # sys/vnode.h v_vflag: root of its file system
+NCF_ISDOTDOT = 0x02  # sys/kern/vfs_cache.c nc_flag
+NCF_NEGATIVE = 0x20
+# Pseudo descriptors, named like procstat -f (KF_FD_TYPE_*).
+FD_TRACE, FD_TEXT, FD_CWD, FD_ROOT, FD_JAIL, FD_CTTY = "trace", "text", "cwd", "root", "jail", "ctty"
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 28  # sys/socket.h
+SOCK_TYPES = {1: "STREAM", 2: "DGRAM", 3: "RAW", 4: "RDM", 5: "SEQPACKET"}
+IPPROTO_NAMES = {0: "IP", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP"}
+INP_IPV4, INP_IPV6 = 0x1, 0x2  # netinet/in_pcb.h inp_vflag
+
+# kern.proc sysctl operations (sys/sysctl.h), the ``op`` of kvm_getprocs()
+KERN_PROC_ALL = 0
+KERN_PROC_PID = 1
+KERN_PROC_PGRP = 2
+KERN_PROC_SESSION = 3
+KERN_PROC_TTY = 4
+KERN_PROC_UID = 5
+KERN_PROC_RUID = 6
+KERN_PROC_PROC = 8
+KERN_PROC_RGID = 10
+KERN_PROC_GID = 11
+KERN_PROC_INC_THREAD = 0x10
+
+NO_PID = 100000  # sys/proc.h: ki_tpgid when the terminal has no foreground group
+NODEV = 0xFFFFFFFFFFFFFFFF  # sys/param.h: (dev_t)(-1), ki_tdev without a controlling tty
+KI_CTTY = 0x00000001  # sys/user.h ki_kiflag: the session has a controlling vnode
+KI_SLEADER = 0x00000002  # ... the process is its session's leader
+KI_LOCKBLOCK = 0x00000004  # ... the thread is blocked on a lock
+PS_INMEM = 0x00001  # sys/user.h ki_sflag: loaded into memory (P_INMEM)
+
+# struct sysentvec sv_flags (sys/sysent.h)
+SV_ILP32 = 0x000100
+SV_LP64 = 0x000200
+SV_IA32 = 0x004000
+
+# Limits of the kernel's argv/envp readers (sys/syslimits.h, kern_proc.c)
+PATH_MAX = 1024
+ARG_MAX_LP64 = 2 * 256 * 1024  # ARG_MAX of a 64-bit kernel (256 KiB on ILP32 kernels)
+GET_PS_STRINGS_CHUNK_SZ = 256  # get_ps_strings() reads strings in chunks of this size
+# enum vtype (sys/vnode.h), the KF_VTYPE numbering.
+VTYPE_NAMES = {0: "VNON", 1: "VREG", 2: "VDIR", 3: "VBLK", 4: "VCHR", 5: "VLNK", 6: "VSOCK", 7: "VFIFO",
+               8: "VBAD", 9: "VMARKER"}

@@ -6,6 +6,7 @@ behind a kerneldumpheader), and a kernel loaded away from its link-time
 physical address (UEFI staging).
 """
 
+import datetime
 import json
 
 import pytest
@@ -15,16 +16,25 @@ from conftest import run_vol, run_vol_json
 FORMATS = ("vmcore", "minidump-v1", "minidump-v2", "full", "raw", "kdh-vmcore", "kdh-full")
 
 
+def creation_time(p):
+    """ki_start (boottime + p_stats->p_start) as the JSON renderer prints a UTC datetime."""
+    return datetime.datetime.fromtimestamp(p["start"], tz=datetime.timezone.utc).isoformat()
+
+
 def expected_rows(manifest):
     return [
         {
             "OFFSET (V)": p["offset"] & 0xFFFFFFFFFFFF,
             "PID": p["pid"],
+            "TID": p["threads"][0]["tid"],
             "PPID": p["ppid"],
             "COMM": p["comm"],
             "STATE": p["stat"],
             "UID": p["ruid"],
             "GID": p["rgid"],
+            "EUID": p["uid"],
+            "EGID": p["gid"],
+            "CREATION TIME": creation_time(p),
             "THREADS": len(p["threads"]),
         }
         for p in manifest["processes"]

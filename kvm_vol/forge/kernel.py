@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from kvm_vol import freebsd as F
 from kvm_vol.core import amd64 as A
 from kvm_vol.forge.machine import Machine
+from kvm_vol.forge.userland import Userland
 
 THREAD0_TID = 100000  # NO_PID: the first thread id
 NOCPU = -1  # td_oncpu of a thread that is not running
@@ -71,6 +72,19 @@ class ProcSpec:
     flags: int = F.P_INMEM | F.P_EXEC
     stopped: bool = False  # P_STOPPED_SIG
     threads: List[ThreadSpec] = field(default_factory=list)
+    # Job control, times and exec image (kvm_vol.forge.userland).
+    setsid: bool = False  # setsid(): new session and process group named by the pid
+    setpgid: bool = False  # setpgid(0, 0): new process group in the parent's session
+    ctty: Optional[str] = None  # terminal a setsid leader acquires (userland.TTY_DEVS)
+    foreground: bool = False  # its process group becomes the terminal's foreground (t_pgrp)
+    login: Optional[str] = None  # setlogin() of a new session (default: the parent session's)
+    start: Optional[float] = None  # p_stats->p_start, seconds after boot
+    nice: int = 0
+    argv: Optional[Sequence[str]] = None  # exec'd arguments (default [comm]; none for kernel processes)
+    env: Sequence[str] = ()
+    pargs: Optional[bool] = None  # False: not cached in p_args even if small enough
+    abi32: bool = False  # a freebsd32 (ia32) process
+    exec_image: bool = True  # forge the user address space (page tables, stack with ps_strings)
 
 
 def expected_stat(spec: ProcSpec) -> int:
@@ -103,6 +117,7 @@ class Kernel:
         self.manifest_procs: List[Dict[str, Any]] = []
         self._allproc_order: List[int] = []  # struct proc VAs, newest first
         self._globals()
+        self.userland = Userland(self)
 
     # ------------------------------------------------------------------
     def _type(self, name: str, fallback: Dict[str, Any]) -> Dict[str, Any]:
@@ -125,16 +140,13 @@ class Kernel:
         m.kernel_var("osreldate", self._base("int"), self.osreldate)
         m.kernel_var("KPML4phys", self._type("KPML4phys", self._base("unsigned long")), m.kpml4phys)
         m.kernel_var("kernphys", self._type("kernphys", self._base("unsigned long")), m.kernphys)
-        for name, struct, member in (
-            ("proc_off_p_pid", "proc", "p_pid"), ("proc_off_p_comm", "proc", "p_comm"),
-            ("proc_off_p_list", "proc", "p_list"), ("proc_off_p_threads", "proc", "p_threads"),
-            ("proc_off_p_hash", "proc", "p_hash"), ("thread_off_td_tid", "thread", "td_tid"),
-            ("thread_off_td_name", "thread", "td_name"), ("thread_off_td_oncpu", "thread", "td_oncpu"),
-            ("thread_off_td_pcb", "thread", "td_pcb"), ("thread_off_td_plist", "thread", "td_plist"),
-        ):
-            m.kernel_var(name, self._base("int"), L.offsetof(struct, member), rodata=True)
-        if "pcb" in L.user_types:
-            m.kernel_var("pcb_size", self._base("int"), L.sizeof("pcb"), rodata=True)
+        from kvm_vol.symbols.layoutcheck import SELF_DESCRIBING  # the one list of these symbols
+
+        for name, (struct, member) in SELF_DESCRIBING.items():
+            if member is not None:
+                m.kernel_var(name, self._base("int"), L.offsetof(struct, member), rodata=True)
+            elif struct in L.user_types:  # pcb_size = sizeof(struct pcb)
+                m.kernel_var(name, self._base("int"), L.sizeof(struct), rodata=True)
 
         self.allproc = m.kernel_var("allproc", {"kind": "struct", "name": "proclist"}
                                     if "proclist" in L.user_types else {"kind": "pointer", "subtype": {"kind": "struct", "name": "proc"}})
@@ -145,6 +157,12 @@ class Kernel:
         self.proc0 = m.kernel_var("proc0", {"kind": "struct", "name": "proc"}, align=64)
         self.thread0 = m.kernel_var("thread0_st", {"kind": "struct", "name": "thread"}, align=64)
         self._msgbuf()
+        # vm/vm_phys.c: vm_paddr_t dump_avail[PHYS_AVAIL_COUNT], the RAM a dump covers, as
+        # [start, end) pairs ended by a 0 end; live readers take /dev/mem's ranges from it.
+        avail = [x for pair in m.dump_avail() for x in pair]
+        m.kernel_var("dump_avail", self._type("dump_avail", {"kind": "array", "count": A.PHYS_AVAIL_COUNT,
+                                                             "subtype": self._base("unsigned long")}),
+                     avail + [0] * (A.PHYS_AVAIL_COUNT - len(avail)))
 
     def _msgbuf(self) -> None:
         """The message buffer at the top of RAM, header after the data (msgbufinit())."""
@@ -288,6 +306,7 @@ class Kernel:
             "svgid": spec.gid if spec.svgid is None else spec.svgid, "groups": groups,
             "flags": flags, "threads": threads,
         })
+        self.userland.process(va, spec, threads, flags, self.manifest_procs[0])
         return va
 
     def _list_insert_head(self, head: int, elm: int, entry_off: int) -> None:

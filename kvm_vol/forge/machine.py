@@ -81,6 +81,7 @@ class Machine:
 
         self._data_cursor = A.KERNSTART + 0x100000  # .data/.bss of the image
         self._rodata_cursor = A.KERNSTART + 0x80000  # .rodata
+        self._rodata_literals: Dict[Tuple[bytes, int], int] = {}  # merged string literals
         self._kva_cursor = A.VM_MIN_KERNEL_ADDRESS + 0x400000  # kernel_map allocations
         self.kernel_vm_end = A.VM_MIN_KERNEL_ADDRESS
         self._slabs: Dict[int, Tuple[int, int]] = {}  # item size -> (slab pa, next offset)
@@ -288,10 +289,22 @@ class Machine:
         return va
 
     def place_rodata(self, data: bytes, align: int = 8) -> int:
-        """Anonymous read-only data in the image (string literals such as wmesg)."""
+        """Anonymous read-only data in the image (string literals such as wmesg).
+
+        Identical literals are placed once, as the compiler merges them (every
+        thread sleeping in select() points at the same "select"), and .rodata
+        may not run into .data.
+        """
+        key = (bytes(data), align)
+        literals = self._rodata_literals
+        if key in literals:
+            return literals[key]
         va = _round_up(self._rodata_cursor, align)
+        if va + len(data) > A.KERNSTART + 0x100000:
+            raise MemoryError("forge kernel .rodata is full")
         self._rodata_cursor = va + len(data)
         self.write_kva(va, data)
+        literals[key] = va
         return va
 
     @property

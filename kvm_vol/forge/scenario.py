@@ -11,6 +11,7 @@ from typing import List
 
 from kvm_vol import freebsd as F
 from kvm_vol.forge.kernel import ProcSpec, ThreadSpec
+from kvm_vol.forge.userland import with_demo_userland
 
 _KPROC = F.P_SYSTEM | F.P_KPROC | F.P_INMEM
 
@@ -18,7 +19,7 @@ _KPROC = F.P_SYSTEM | F.P_KPROC | F.P_INMEM
 def demo_processes() -> List[ProcSpec]:
     """Processes in creation (fork) order; ppid always refers to an earlier one."""
     T = ThreadSpec
-    return [
+    return with_demo_userland([
         ProcSpec(0, "kernel", 0, flags=_KPROC, threads=[
             T("swapper", "sleeping", wmesg="swapin"),
             T("if_io_tqg_0", "sleeping", wmesg="-"),
@@ -77,4 +78,4 @@ def demo_processes() -> List[ProcSpec]:
                  threads=[T("exfiltrate-daemon12", "sleeping", wmesg="sbwait")]),
         ProcSpec(1014, "tar", 904, uid=1001, gid=1001, threads=[T("tar", "lock")]),
         ProcSpec(1021, "procstat", 1013, uid=0, gid=0, threads=[T("procstat", "running", oncpu=1)]),
-    ]
+    ])

@@ -1,26 +1,32 @@
 """Processes and threads (``struct proc *``, ``struct thread *``), libkvm style.
 
 :func:`iter_procs` walks ``allproc`` (modern kernels keep zombies there too;
-``zombproc`` is gone), :func:`iter_threads` a process's ``p_threads``, and
-:func:`proc_record` fills the kinfo_proc-like fields the way the kernel's
-``fill_kinfo_proc()`` does (not libkvm's reduced dead-kernel version: the
-command name is whole, not cut to 18 characters).
+``zombproc`` is gone) and :func:`iter_threads` a process's ``p_threads``, as
+Volatility objects, for plugins that need the objects themselves.
+
+:class:`ProcRecord` / :class:`ThreadRecord` are the kinfo_proc-like records
+that :class:`kvm_vol.kvm.kvm.KVM` fills the way the kernel's
+``fill_kinfo_proc()`` / ``fill_kinfo_thread()`` do (``sys/kern/kern_proc.c``),
+not libkvm's reduced dead-kernel version: the command name is whole (libkvm
+cuts it to 18 characters), and start time and controlling terminal are
+filled whenever the dump holds them (libkvm leaves them empty on dumps).
 """
 
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import interfaces, renderers
 
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import queue
 
-__all__ = ["ThreadRecord", "ProcRecord", "iter_procs", "iter_threads", "proc_record", "thread_stat"]
+__all__ = ["ThreadRecord", "ProcRecord", "iter_procs", "iter_threads", "proc_record", "thread_stat",
+           "value_or_na"]
 
 
 @dataclass
 class ThreadRecord:
-    """A ``struct thread`` as kinfo_proc's thread part sees it."""
+    """A ``struct thread`` as fill_kinfo_thread() sees it."""
 
     offset: int
     tid: int
@@ -28,18 +34,29 @@ class ThreadRecord:
     state: int  # enum td_states
     inhibitors: int
     oncpu: int
+    lastcpu: Optional[int] = None
+    stat: int = 0  # ki_stat of this thread (SRUN ... SLOCK)
+    priority: Optional[int] = None  # ki_pri.pri_level = td_priority
+    wchan: int = 0
+    wmesg: Optional[str] = None
+    kstack_pages: int = 0
 
 
 @dataclass
 class ProcRecord:
-    """A ``struct proc`` with its credentials, as kvm_getprocs() reports it."""
+    """A ``struct proc`` with its credentials, job control and memory, as kinfo_proc reports it.
+
+    ``None`` marks a field whose data the dump does not hold (or that the
+    kernel leaves empty, e.g. ``tdev`` without a controlling terminal is
+    ``None`` where the kernel reports NODEV).
+    """
 
     offset: int
     pid: int
     ppid: int
     comm: str
     p_state: int
-    stat: int  # ki_stat: SIDL ... SLOCK
+    stat: int  # ki_stat: SIDL ... SLOCK, from the first thread
     flags: int
     ruid: Optional[int] = None
     uid: Optional[int] = None  # effective
@@ -49,18 +66,54 @@ class ProcRecord:
     svgid: Optional[int] = None
     groups: List[int] = field(default_factory=list)
     threads: List[ThreadRecord] = field(default_factory=list)
+    numthreads: int = 0  # p_numthreads
+    # job control (p_pgrp, pg_session, s_ttyp)
+    pgid: Optional[int] = None
+    sid: Optional[int] = None
+    login: Optional[str] = None
+    tty: Optional[str] = None  # the controlling terminal's device name (si_name), e.g. "pts/0"
+    tdev: Optional[int] = None  # ki_tdev: dev2udev(t_dev)
+    tpgid: Optional[int] = None  # foreground process group of the terminal (NO_PID if none)
+    tsid: Optional[int] = None
+    kiflag: int = 0  # KI_CTTY | KI_SLEADER
+    # scheduling
+    nice: Optional[int] = None
+    # times: ki_start = boottime + p_stats->p_start (seconds since the epoch)
+    start: Optional[float] = None
+    # memory (ki_size bytes, ki_rssize pages)
+    vsize: Optional[int] = None
+    rssize: Optional[int] = None
+    emul: Optional[str] = None  # ki_emul: p_sysent->sv_name
+    # pointers kept for getargv/getenvv
+    args_ptr: int = 0  # p_args
+    vmspace_ptr: int = 0
+    sysent_ptr: int = 0
+    # the thread this record describes (first thread, or each one with INC_THREAD)
+    thread: Optional[ThreadRecord] = None
 
     @property
     def stat_name(self) -> str:
         return F.KI_STAT_NAMES.get(self.stat, str(self.stat))
 
+    @property
+    def tid(self) -> Optional[int]:
+        return self.thread.tid if self.thread else None
 
-def _string(obj, length: int) -> str:
-    return obj.cast("string", max_length=length, errors="replace")
+    @property
+    def wmesg(self) -> Optional[str]:
+        return self.thread.wmesg if self.thread else None
+
+    @property
+    def wchan(self) -> Optional[int]:
+        return self.thread.wchan if self.thread else None
+
+    @property
+    def priority(self) -> Optional[int]:
+        return self.thread.priority if self.thread else None
 
 
 def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name: str) -> Iterator:
-    """Every ``struct proc`` on ``allproc``, newest first (the kernel's order)."""
+    """Every ``struct proc`` on ``allproc``, newest first (the kernel's order), as objects."""
     kernel = context.modules[kernel_module_name]
     head = kernel.get_symbol("allproc").address
     # LIST_HEAD(proclist, proc) is one pointer: lh_first.  Read it as a
@@ -70,20 +123,13 @@ def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name:
 
 
 def iter_threads(proc) -> Iterator:
-    """Every ``struct thread`` on ``p_threads``, in creation order."""
+    """Every ``struct thread`` on ``p_threads``, in creation order, as objects."""
     yield from queue.walk(proc.p_threads.tqh_first, "td_plist", "TAILQ",
                           name=f"p_threads of proc {proc.vol.offset:#x}")
 
 
-def thread_record(td) -> ThreadRecord:
-    return ThreadRecord(
-        offset=td.vol.offset, tid=int(td.td_tid), name=_string(td.td_name, F.MAXCOMLEN + 1),
-        state=int(td.td_state), inhibitors=int(td.td_inhibitors), oncpu=int(td.td_oncpu),
-    )
-
-
 def thread_stat(p_state: int, p_flag: int, td: Optional[ThreadRecord]) -> int:
-    """ki_stat as fill_kinfo_proc()/fill_kinfo_thread() derive it."""
+    """ki_stat as fill_kinfo_thread() derives it (P_SHOULDSTOP before sleeping)."""
     if p_state == F.PRS_ZOMBIE:
         return F.SZOMB
     if p_state != F.PRS_NORMAL or td is None:
@@ -99,44 +145,12 @@ def thread_stat(p_state: int, p_flag: int, td: Optional[ThreadRecord]) -> int:
     return F.SWAIT
 
 
-def _credentials(rec: ProcRecord, proc) -> None:
-    """ucred fields; 14.x keeps the effective gid in cr_groups[0], 15.0 in cr_gid."""
-    try:
-        cred = proc.p_ucred.dereference()
-        rec.uid, rec.ruid, rec.svuid = int(cred.cr_uid), int(cred.cr_ruid), int(cred.cr_svuid)
-        rec.rgid, rec.svgid = int(cred.cr_rgid), int(cred.cr_svgid)
-        ngroups = max(0, min(int(cred.cr_ngroups), int(cred.cr_agroups), 65536))
-        groups_ptr = cred.cr_groups
-        groups = [int(g) for g in groups_ptr.dereference().cast(
-            "array", count=ngroups, subtype=groups_ptr.vol.subtype)] if ngroups else []
-        if cred.has_member("cr_gid"):
-            rec.gid = int(cred.cr_gid)
-            rec.groups = [rec.gid] + groups
-        else:
-            rec.gid = groups[0] if groups else None
-            rec.groups = groups
-    except exceptions.InvalidAddressException:
-        pass
+def proc_record(proc) -> Optional[ProcRecord]:
+    """The record of one ``struct proc`` object (see :meth:`kvm_vol.kvm.kvm.KVM.proc`)."""
+    from kvm_vol.kvm.kvm import KVM
 
-
-def proc_record(proc) -> ProcRecord:
-    """The kinfo_proc-like record of one ``struct proc`` (missing parts left None)."""
-    pptr = int(proc.p_pptr)
-    ppid = 0
-    if pptr:
-        try:
-            ppid = int(proc.p_pptr.dereference().p_pid)
-        except exceptions.InvalidAddressException:
-            ppid = -1
-    rec = ProcRecord(
-        offset=proc.vol.offset, pid=int(proc.p_pid), ppid=ppid,
-        comm=_string(proc.p_comm, F.MAXCOMLEN + 1), p_state=int(proc.p_state), stat=0,
-        flags=int(proc.p_flag) & 0xFFFFFFFF,
-    )
-    _credentials(rec, proc)
-    rec.threads = [thread_record(td) for td in iter_threads(proc)]
-    rec.stat = thread_stat(rec.p_state, rec.flags, rec.threads[0] if rec.threads else None)
-    return rec
+    kvm = KVM.for_layer(proc._context, proc.vol.layer_name, proc.vol.type_name.split("!")[0])
+    return kvm.proc(proc.vol.offset)
 
 
 def value_or_na(value):

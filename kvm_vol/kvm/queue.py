@@ -10,7 +10,7 @@ was when it stops early.  Nothing raises for bad memory.
 """
 
 import logging
-from typing import Iterator
+from typing import Callable, Iterator, Tuple
 
 from volatility3.framework import exceptions, interfaces
 
@@ -35,15 +35,38 @@ def walk(first: interfaces.objects.ObjectInterface, entry_field: str, kind: str 
         limit: maximum number of elements.
     """
     next_name = _NEXT_FIELD[kind]
+    pointers = {}  # element address -> its next pointer object
+
+    def load(address: int):
+        element = pointers[address].dereference()
+        next_ptr = getattr(getattr(element, entry_field), next_name)
+        return element, int(next_ptr), next_ptr  # int() forces the read now
+
+    try:
+        first_address = int(first)
+    except (exceptions.InvalidAddressException, TypeError, ValueError):
+        vollog.warning(f"{name}: unreadable next pointer after 0 elements; list cut short")
+        return
+    pointers[first_address] = first
+    for address, (element, _next, next_ptr) in walk_addresses(load, first_address, name, limit):
+        pointers.clear()
+        pointers[_next] = next_ptr
+        yield element
+
+
+def walk_addresses(load: Callable[[int], tuple], first: int, name: str = "list",
+                   limit: int = DEFAULT_LIMIT) -> Iterator[Tuple[int, tuple]]:
+    """The bounded, cycle-safe loop under every list walk, on raw addresses.
+
+    ``load(address)`` reads one element and returns a tuple whose second item
+    is the next element's address; it raises ``InvalidAddressException`` when
+    the element cannot be read.  Yields ``(address, load(address))``.  Used
+    directly by the kvm API, which reads whole structs instead of objects.
+    """
     seen = set()
-    ptr = first
+    address = first
     count = 0
     while True:
-        try:
-            address = int(ptr)
-        except (exceptions.InvalidAddressException, TypeError, ValueError):
-            vollog.warning(f"{name}: unreadable next pointer after {count} elements; list cut short")
-            return
         if address == 0:
             return
         if address in seen:
@@ -54,12 +77,10 @@ def walk(first: interfaces.objects.ObjectInterface, entry_field: str, kind: str 
             return
         seen.add(address)
         try:
-            element = ptr.dereference()
-            next_ptr = getattr(getattr(element, entry_field), next_name)
-            int(next_ptr)  # force the read now, so a bad element is caught here
+            loaded = load(address)
         except exceptions.InvalidAddressException as exc:
             vollog.warning(f"{name}: element at {address:#x} is unreadable ({exc}); list cut short")
             return
         count += 1
-        yield element
-        ptr = next_ptr
+        yield address, loaded
+        address = loaded[1]

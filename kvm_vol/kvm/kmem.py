@@ -1,0 +1,227 @@
+"""Fast reads of FreeBSD kernel memory for the libkvm-style API.
+
+libkvm's ``kvm_getprocs()`` reads each ``struct proc`` (and its ucred, pgrp,
+session, vmspace ...) as a whole with ``kvm_read()`` and picks fields out of
+the copy.  :class:`KernelMemory` and :class:`StructReader` do the same over a
+Volatility kernel layer, because building a Volatility object per field costs
+tens of microseconds and the API must list tens of thousands of processes
+per second:
+
+* :class:`KernelMemory` caches memory by page.  Direct-map addresses
+  (``PHYS_TO_DMAP``: UMA items such as procs, threads and creds) are read
+  from the physical layer in 64 KiB chunks, since ``pa = va - DMAP_MIN``
+  holds for every FreeBSD/amd64 kernel; any other address goes through the
+  kernel layer's own translation, page by page.  Pointers read from memory
+  are already sign-extended; only masked (48-bit) addresses need
+  :func:`canonical`.  A page that is not in the
+  dump raises ``InvalidAddressException`` like any Volatility read.
+* :class:`StructReader` turns a struct's layout (from the kernel's symbol
+  table: DWARF ISF or type pack) into one precompiled ``struct.Struct`` for
+  the fields the caller names, so one ``unpack_from`` reads them all.
+  Fields the ISF lacks read as ``None``.
+"""
+
+import collections
+import struct
+from typing import Dict, Optional, Tuple
+
+from volatility3.framework import exceptions, interfaces
+
+from kvm_vol.core import amd64 as A
+
+__all__ = ["KernelMemory", "StructReader", "canonical"]
+
+_CHUNK_SHIFT = 16  # physical read size for the direct map: 64 KiB
+_CHUNK = 1 << _CHUNK_SHIFT
+_MAX_CACHED = 1 << 15  # cached chunks/pages before the caches are dropped (~2 GiB worst case)
+_ADDRESS_MASK = (1 << 48) - 1
+
+
+def canonical(va: int) -> int:
+    """Sign-extend a 48-bit address (Volatility hands out masked offsets)."""
+    va &= 0xFFFFFFFFFFFFFFFF
+    return va | 0xFFFF000000000000 if va & (1 << 47) else va
+
+
+class KernelMemory:
+    """Page-cached reads of a kernel virtual address space (a Volatility layer)."""
+
+    def __init__(self, context: interfaces.context.ContextInterface, layer_name: str):
+        self.layer = context.layers[layer_name]
+        phys_name = self.layer.config.get("memory_layer")
+        self.phys = context.layers[phys_name] if phys_name in context.layers else None
+        # A minidump layer knows the dump's direct-map range from its header.
+        lo, hi = getattr(self.layer, "_dmap", (A.DMAP_MIN_ADDRESS, A.DMAP_MAX_ADDRESS))
+        self._dmap_lo, self._dmap_hi = canonical(lo), canonical(hi)
+        if self.phys is None:
+            self._dmap_lo = self._dmap_hi = 0
+        self._chunks_tried = set()  # pa >> 16 of the chunks already read
+        self._ppages: Dict[int, bytes] = {}  # pfn -> page (direct map)
+        self._vpages: Dict[int, bytes] = {}  # va >> 12 -> page, outside the direct map
+
+    def _phys_page(self, pfn: int) -> bytes:
+        key = pfn >> (_CHUNK_SHIFT - A.PAGE_SHIFT)
+        if key not in self._chunks_tried:
+            if len(self._ppages) > _MAX_CACHED * 16:
+                self._ppages.clear()
+                self._chunks_tried.clear()
+            self._chunks_tried.add(key)
+            try:
+                chunk = self.phys.read(key << _CHUNK_SHIFT, _CHUNK)
+            except exceptions.InvalidAddressException:
+                chunk = None  # holes in this chunk: page by page
+            if chunk is not None:
+                first = key << (_CHUNK_SHIFT - A.PAGE_SHIFT)
+                for i in range(_CHUNK >> A.PAGE_SHIFT):
+                    self._ppages[first + i] = chunk[i << A.PAGE_SHIFT:(i + 1) << A.PAGE_SHIFT]
+                return self._ppages[pfn]
+        page = self._ppages.get(pfn)
+        if page is None:
+            page = self.phys.read(pfn << A.PAGE_SHIFT, A.PAGE_SIZE)  # raises when absent
+            self._ppages[pfn] = page
+        return page
+
+    def page(self, va: int) -> bytes:
+        """The 4 KiB page holding kernel VA ``va`` (raises InvalidAddressException)."""
+        if self._dmap_lo <= va < self._dmap_hi:
+            page = self._ppages.get((va - self._dmap_lo) >> A.PAGE_SHIFT)
+            return page if page is not None else self._phys_page((va - self._dmap_lo) >> A.PAGE_SHIFT)
+        va = canonical(va)
+        vpn = va >> A.PAGE_SHIFT
+        page = self._vpages.get(vpn)
+        if page is None:
+            if self._dmap_lo <= va < self._dmap_hi:
+                return self._phys_page((va - self._dmap_lo) >> A.PAGE_SHIFT)
+            if len(self._vpages) > _MAX_CACHED:
+                self._vpages.clear()
+            page = self.layer.read((vpn << A.PAGE_SHIFT) & _ADDRESS_MASK, A.PAGE_SIZE)
+            self._vpages[vpn] = page
+        return page
+
+    def read(self, va: int, length: int) -> bytes:
+        """``length`` bytes at kernel VA ``va``; raises InvalidAddressException if any page is absent."""
+        off = va & A.PAGE_MASK
+        if off + length <= A.PAGE_SIZE:
+            return self.page(va)[off:off + length]
+        parts = []
+        while length > 0:
+            n = min(length, A.PAGE_SIZE - (va & A.PAGE_MASK))
+            parts.append(self.page(va)[va & A.PAGE_MASK:(va & A.PAGE_MASK) + n])
+            va += n
+            length -= n
+        return b"".join(parts)
+
+    def u64(self, va: int) -> int:
+        return struct.unpack("<Q", self.read(va, 8))[0]
+
+    def cstring(self, va: int, limit: int) -> bytes:
+        """A NUL-terminated string of at most ``limit`` bytes (stops early at a missing page)."""
+        out = b""
+        while len(out) < limit:
+            n = min(limit - len(out), A.PAGE_SIZE - (va & A.PAGE_MASK))
+            data = self.read(va, n)
+            nul = data.find(b"\0")
+            if nul >= 0:
+                return out + data[:nul]
+            out += data
+            va += n
+        return out
+
+
+_new_tuple = tuple.__new__
+
+_INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
+              (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
+
+
+class StructReader:
+    """Reads chosen fields of one struct type with a single ``unpack_from``.
+
+    ``fields`` maps result names to dotted member paths (``"vm_pmap.pm_cr3"``);
+    integers, pointers and enums become ints, char arrays raw bytes (cut them
+    at the first NUL where they are used).  Records are namedtuples (three
+    times cheaper to build than dicts).  A path the symbol table does not
+    have reads as ``None``.
+    """
+
+    def __init__(self, context: interfaces.context.ContextInterface, symbol_table: str, type_name: str,
+                 fields: Dict[str, str]):
+        self._context = context
+        self._table = symbol_table
+        self.type_name = type_name
+        template = context.symbol_space.get_type(f"{symbol_table}!{type_name}")
+        self.size = template.size
+        placed = []  # (offset, name, code, is_string)
+        self.missing = []
+        for name, path in fields.items():
+            found = self._locate(template, path)
+            if found is None:
+                self.missing.append(name)
+                continue
+            offset, code, is_string = found
+            placed.append((offset, name, code, is_string))
+        placed.sort()
+        fmt, cursor = ["<"], 0
+        self._singles = []  # fields overlapping others (unions): unpacked on their own
+        names = []
+        for offset, name, code, is_string in placed:
+            size = struct.calcsize("<" + code)
+            if offset < cursor:
+                self._singles.append((name, struct.Struct("<" + code), offset))
+                continue
+            if offset > cursor:
+                fmt.append(f"{offset - cursor}x")
+            fmt.append(code)
+            names.append(name)
+            cursor = offset + size
+        self._struct = struct.Struct("".join(fmt))
+        names += [n for n, _st, _off in self._singles] + self.missing
+        #: the record type: a namedtuple of the requested fields (char arrays as raw bytes)
+        self.Record = collections.namedtuple(f"{type_name}_fields", names)
+        self._none_tail = (None,) * len(self.missing)
+        #: bytes from the struct's start that cover every field read
+        self.span = max([self._struct.size] + [off + st.size for _n, st, off in self._singles])
+
+    def _resolve(self, template):
+        if "object_class" not in template.vol:
+            return self._context.symbol_space.get_type(template.vol.type_name)
+        return template
+
+    def _locate(self, template, path: str) -> Optional[Tuple[int, str, bool]]:
+        offset = 0
+        for part in path.split("."):
+            template = self._resolve(template)
+            members = template.vol.get("members", {})
+            if part not in members:
+                return None
+            rel, template = members[part]
+            offset += rel
+        template = self._resolve(template)
+        cls = template.vol.object_class.__name__
+        if cls in ("Integer", "Pointer", "Char", "Bool"):
+            fmt = template.vol.data_format
+            return offset, _INT_CODES[(fmt.length, fmt.signed)], False
+        if cls == "Enumeration":
+            fmt = template.vol.base_type.vol.data_format
+            return offset, _INT_CODES[(fmt.length, fmt.signed)], False
+        if cls == "Array":
+            return offset, f"{template.size}s", True
+        if cls in ("StructType", "UnionType"):  # raw bytes of an embedded struct
+            return offset, f"{template.size}s", False
+        return None
+
+    def unpack(self, data: bytes, offset: int = 0):
+        """The fields at ``data[offset:]`` as a :attr:`Record` (char arrays keep their NULs)."""
+        values = self._struct.unpack_from(data, offset)
+        if self._singles:
+            values += tuple(st.unpack_from(data, offset + off)[0] for _n, st, off in self._singles)
+        if self._none_tail:
+            values += self._none_tail
+        return _new_tuple(self.Record, values)
+
+    def read(self, mem: KernelMemory, va: int):
+        """The fields of the struct at kernel VA ``va`` (raises InvalidAddressException)."""
+        off = va & A.PAGE_MASK
+        if off + self.span <= A.PAGE_SIZE:  # the common case: unpack in place, no copy
+            return self.unpack(mem.page(va), off)
+        return self.unpack(mem.read(va, self.span))
