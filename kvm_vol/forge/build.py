@@ -8,11 +8,11 @@ symbols and banner).  ``Forged.write()`` produces the files.
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
 from kvm_vol.core import amd64 as A
-from kvm_vol.forge import writers
+from kvm_vol.forge import files, system, writers
 from kvm_vol.forge.kernel import Kernel, ProcSpec
 from kvm_vol.forge.layout import Layout
 from kvm_vol.forge.machine import Machine
@@ -42,11 +42,13 @@ class Forged:
     machine: Machine
     kernel: Kernel
     isf: Dict[str, Any]
+    extra_manifest: Dict[str, Any] = field(default_factory=dict)  # system state: loadavg, msgbuf, swap ...
 
     @property
     def manifest(self) -> Dict[str, Any]:
         man = self.kernel.manifest()
         man["type_pack"] = self.pack
+        man.update(self.extra_manifest)
         return man
 
     def write(self, directory: str, stem: str = "freebsd", formats: Iterable[str] = DEMO_FORMATS) -> Dict[str, str]:
@@ -87,17 +89,24 @@ class Forged:
 
 
 def build(pack: str = "freebsd-14.3-amd64", *, processes: Optional[List[ProcSpec]] = None,
-          ram_size: int = 64 << 20, kernphys: int = A.KERNLOAD, dmap_1g: bool = False, seed: int = 1) -> Forged:
-    """Lay out a FreeBSD machine on the layouts of type pack ``pack``."""
+          ram_size: int = 64 << 20, kernphys: int = A.KERNLOAD, dmap_1g: bool = False, seed: int = 1,
+          banner: Optional[str] = None) -> Forged:
+    """Lay out a FreeBSD machine on the layouts of type pack ``pack``.
+
+    ``banner`` overrides the kernel's ``version`` string (default: a release
+    build banner for the pack's release), e.g. to make a kernel no ISF knows.
+    """
     types = typepacks.load(pack)
     meta = types["metadata"]["producer"]["kvm_vol"]
     release = meta["release"]
     osreldate = int(meta["freebsd_version"])
     layout = Layout(types)
     machine = Machine(layout, ram_size=ram_size, kernphys=kernphys, dmap_1g=dmap_1g, seed=seed)
-    kernel = Kernel(machine, release, osreldate, banner_for(release), symbol_types=types.get("symbols", {}))
+    kernel = Kernel(machine, release, osreldate, banner or banner_for(release), symbol_types=types.get("symbols", {}))
     for spec in (processes if processes is not None else demo_processes()):
         kernel.add_process(spec)
+    extra_manifest = system.populate(kernel)
+    extra_manifest.update(files.populate(kernel))
     symbol_types = {name: {"type": desc} for name, desc in machine.symbol_types.items()}
     kernel_isf = isfmod.make_kernel_isf(types, machine.symbols, kernel.banner.encode(), symbol_types)
-    return Forged(pack=pack, machine=machine, kernel=kernel, isf=kernel_isf)
+    return Forged(pack=pack, machine=machine, kernel=kernel, isf=kernel_isf, extra_manifest=extra_manifest)
