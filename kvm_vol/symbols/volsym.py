@@ -29,6 +29,8 @@ vollog = logging.getLogger(__name__)
 BANNER_PREFIX = b"FreeBSD "
 ISF_COMMAND = ("kvm-vol isf --elf /usr/lib/debug/boot/kernel/kernel.debug "
                "--elf-symbols /boot/kernel/kernel")
+#: The same without the kernel-dbg package (types from the release's type pack).
+ISF_PACK_COMMAND = "kvm-vol isf --elf-symbols /boot/kernel/kernel"
 
 
 def banner_from_constant(constant_data: Optional[str]) -> Optional[bytes]:
@@ -121,8 +123,16 @@ def _stop_without_kernel(context) -> None:
     from kvm_vol.layers.physical import fatal
 
     diag = kernel_layers.LAST_DIAGNOSIS
+    if diag.get("layout"):
+        fatal(diag["layout"])
+    if diag.get("isf"):
+        fatal(f"found the kernel \"{diag['banner']}\" (banner at physical {diag['offset']}) and its ISF "
+              f"{diag['isf']}, but the kernel's addresses do not translate in this image: its page "
+              "tables or minidump pmap are damaged, or the ISF is from another build of this version")
     if diag.get("banner"):
+        memsyms = f" (nor its symbol table: {diag['memsyms']})" if diag.get("memsyms") else ""
         fatal(f"no symbol table (ISF) for the kernel in this image, \"{diag['banner']}\" "
-              f"(banner at physical {diag['offset']}); make one with: {ISF_COMMAND}")
+              f"(banner at physical {diag['offset']}){memsyms}; make one with: {ISF_COMMAND}, "
+              f"or without kernel.debug: {ISF_PACK_COMMAND}")
     fatal("no FreeBSD kernel with a known symbol table (ISF) was found in this image; "
           f"if it is a FreeBSD dump, make the kernel's ISF with: {ISF_COMMAND}")
