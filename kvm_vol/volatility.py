@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - volatility3 is a dependency
 from kvm_vol import paths
 from kvm_vol.layers import kernel as _kernel_layers  # noqa: F401  (registers the stacker)
 from kvm_vol.layers import physical as _physical_layers  # noqa: F401  (registers the stackers)
+from kvm_vol.layers import live as _live_layers  # noqa: F401  (live /dev/mem stacker, FIFO-safe file: URLs)
 from kvm_vol.symbols import volsym as _volsym  # noqa: F401  (identifier + symbol finder)
 
 vollog = logging.getLogger(__name__)
