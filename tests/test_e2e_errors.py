@@ -98,3 +98,12 @@ def test_not_freebsd_at_all(tmp_path):
     junk.write_bytes(b"\0" * (1 << 20))
     proc = run_vol("-q", "-f", str(junk), "freebsd.pslist")
     _assert_one_line_error(proc, "no FreeBSD kernel")
+
+
+def test_known_kernel_that_does_not_translate(forged_images, tmp_path):
+    """The ISF matches the banner, but the minidump's kernbase is damaged: say exactly that."""
+    paths, manifest = forged_images["14"]
+    bad = tmp_path / "badkernbase.vmcore"
+    _corrupt(paths["vmcore"], bad, 40, struct.pack("<Q", 0x1000))
+    proc = run_vol("-q", "-f", str(bad), "freebsd.pslist")
+    _assert_one_line_error(proc, manifest["banner"].strip(), "do not translate")

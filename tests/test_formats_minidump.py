@@ -245,10 +245,13 @@ def test_unreadable_containers_are_named(images, tmp_path):
     err = open_error(wrapped("enc", dumpkey=b"K" * 300))
     assert "encrypted (dumpkeysize 512)" in err.message and "decryptcore" in err.message
     assert "textdump" in open_error(wrapped("text", magic=TEXTDUMPMAGIC)).message
+    # Compressed files are decompressed into kvm-vol's cache (formats/compressed.py);
+    # a broken stream is named as such.
     for name, head in (("vmcore.0.gz", b"\x1f\x8b\x08\x00"), ("vmcore.0.zst", b"\x28\xb5\x2f\xfd")):
         path = tmp_path / name
         path.write_bytes(head + bytes(4096))
-        assert "compressed file" in open_error(str(path)).message
+        err = open_error(str(path))
+        assert "stream is corrupt" in err.message and err.field == "compressed data" and err.path == str(path)
     tar = tmp_path / "textdump.tar.0"
     tar.write_bytes(b"ddb.txt".ljust(257, b"\0") + b"ustar\x0000" + bytes(4096))
     assert "tar archive" in open_error(str(tar)).message

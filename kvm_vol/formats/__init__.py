@@ -29,8 +29,7 @@ from kvm_vol.formats.source import FileSource, Source, SubSource
 
 __all__ = ["Dump", "Run", "detect", "open_dump"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compression_of, decompressed_copy  # noqa: E402
 _TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX tar header
 #: Block sizes tried when looking for a trailer at the end of a dump-device copy.
 _DEVICE_BLOCK_SIZES = (512, 4096)
@@ -72,8 +71,11 @@ class Dump:
     def phys_runs(self) -> Tuple[Run, ...]:
         """Sorted, merged ``(pa, file_offset, length)`` of every dumped byte (computed once)."""
         if self._runs is None:
-            self._runs = tuple(self._compute_runs())
-            self._run_starts = [run[0] for run in self._runs]
+            # Publish the starts before the runs: another thread that sees
+            # _runs set must never bisect an empty _run_starts.
+            runs = tuple(self._compute_runs())
+            self._run_starts = [run[0] for run in runs]
+            self._runs = runs
         return self._runs
 
     def _find_run(self, pa: int) -> Optional[Run]:
@@ -222,7 +224,14 @@ def detect(source: Source) -> Dump:
 
 
 def open_dump(path: str) -> Dump:
-    """Open ``path`` read-only and :func:`detect` its format; close the result when done."""
+    """Open ``path`` read-only and :func:`detect` its format; close the result when done.
+
+    A gzip or zstd file (``vmcore.N.gz`` / ``.zst``) is decompressed once into
+    kvm-vol's cache (:mod:`kvm_vol.formats.compressed`) and that copy is opened.
+    """
+    with open(path, "rb") as fh:
+        if compression_of(fh.read(8)):
+            path = str(decompressed_copy(path))
     source = FileSource.open(path)
     try:
         return detect(source)
