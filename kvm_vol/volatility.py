@@ -19,6 +19,7 @@ import logging
 try:
     import volatility3.symbols
     from volatility3.framework import constants
+    from volatility3.framework.configuration import requirements
 except ImportError:  # pragma: no cover - volatility3 is a dependency
     raise
 
@@ -71,6 +72,16 @@ def register_symbol_dirs() -> None:
     roots = volatility3.symbols.__path__
     if directory not in roots:
         roots.append(directory)
+
+
+def kernel_requirement() -> "requirements.ModuleRequirement":
+    """The FreeBSD kernel module every kvm-vol plugin needs (amd64 for now)."""
+    return requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel", architectures=["Intel64"])
+
+
+def pid_requirement(description: str = "Process IDs to include (all others are excluded)") -> "requirements.ListRequirement":
+    """``--pid`` as the Linux plugins spell it: a list of ints, optional."""
+    return requirements.ListRequirement(name="pid", element_type=int, optional=True, description=description)
 
 
 _check_framework()

@@ -7,6 +7,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol.kvm import msgbuf
 from kvm_vol.symbols.volsym import kvm_plugin
 
@@ -32,8 +33,7 @@ class Dmesg(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                           architectures=["Intel64"]),
+            kernel_requirement(),
             requirements.BooleanRequirement(
                 name="section", default=False, optional=True,
                 description="Read the ring from the minidump's msgbuf section instead of kernel memory"),

@@ -3,9 +3,9 @@
 from typing import Dict, Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
-from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol.kvm import files, procs
 from kvm_vol.symbols.volsym import kvm_plugin
 
@@ -20,10 +20,8 @@ class Files(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                           architectures=["Intel64"]),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Process IDs to include (all others are excluded)"),
+            kernel_requirement(),
+            pid_requirement(),
         ]
 
     @classmethod

@@ -3,9 +3,9 @@
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
-from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import loadavg
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -20,8 +20,7 @@ class LoadAvg(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return [requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                               architectures=["Intel64"])]
+        return [kernel_requirement()]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         na = renderers.NotAvailableValue

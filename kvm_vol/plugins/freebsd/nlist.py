@@ -8,6 +8,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol.kvm.nlist import KernelNlist
 from kvm_vol.symbols import layoutcheck
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -33,7 +34,7 @@ class Nlist(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel", architectures=["Intel64"]),
+            kernel_requirement(),
             requirements.ListRequirement(name="symbol", element_type=str, optional=True,
                                          description="Symbol names (a leading '_' is removed, as kvm_nlist does); "
                                                      "default: the symbols libkvm itself looks up"),

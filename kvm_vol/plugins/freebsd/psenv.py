@@ -11,6 +11,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol.kvm.kvm import KVM
 from volatility3.plugins.freebsd.psargs import missing
 from volatility3.plugins.freebsd.pslist import PsList
@@ -27,11 +28,9 @@ class PsEnv(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                           architectures=["Intel64"]),
+            kernel_requirement(),
             requirements.VersionRequirement(name="pslist", component=PsList, version=(2, 0, 0)),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Process IDs to include (all others are excluded)"),
+            pid_requirement(),
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:

@@ -8,6 +8,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import procs
 from kvm_vol.kvm.kvm import KVM
@@ -41,10 +42,8 @@ class PsList(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                           architectures=["Intel64"]),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Process IDs to include (all others are excluded)"),
+            kernel_requirement(),
+            pid_requirement(),
             requirements.BooleanRequirement(name="threads", default=False, optional=True,
                                             description="One row per thread (KERN_PROC_INC_THREAD)"),
             requirements.IntRequirement(name="uid", optional=True,

@@ -8,6 +8,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol.kvm import procs
 from volatility3.plugins.freebsd.pslist import PsList, creation_time
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -25,11 +26,9 @@ class PsTree(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                           architectures=["Intel64"]),
+            kernel_requirement(),
             requirements.VersionRequirement(name="pslist", component=PsList, version=(2, 0, 0)),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Show only these processes, their ancestors and descendants"),
+            pid_requirement("Show only these processes, their ancestors and descendants"),
         ]
 
     @staticmethod

@@ -3,10 +3,10 @@
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
-from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import swap
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -31,8 +31,7 @@ class Swap(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return [requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
-                                               architectures=["Intel64"])]
+        return [kernel_requirement()]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         rows = swap.getswapinfo(self.context, self.config["kernel"])
