@@ -30,6 +30,7 @@ for ``/dev/mem`` with those RAM ranges: used by the tests, and by anyone
 reading a copy of physical memory whose holes are known.
 """
 
+import abc
 import logging
 import os
 import stat
@@ -56,7 +57,7 @@ class KvmError(KvmVolError):
     """A kvm operation failed; the message is what ``kvm_geterr()`` would hold."""
 
 
-class Kvm:
+class Kvm(abc.ABC):
     """A handle: ``read``/``write`` kernel virtual memory, ``procs()``, ``close()``.
 
     Errors raise :class:`KvmError` (or :class:`TranslationError` for an
@@ -81,17 +82,21 @@ class Kvm:
         return self._err
 
     # -- memory ------------------------------------------------------------
+    @abc.abstractmethod
     def read(self, kva: int, length: int) -> bytes:
-        raise NotImplementedError
+        """Implemented by each kind of handle (no memory, live, dump)."""
 
+    @abc.abstractmethod
     def write(self, kva: int, data: bytes) -> None:
-        raise NotImplementedError
+        """Implemented by each kind of handle (no memory, live, dump)."""
 
+    @abc.abstractmethod
     def procs(self) -> list:
-        raise NotImplementedError
+        """Implemented by each kind of handle (no memory, live, dump)."""
 
+    @abc.abstractmethod
     def getloadavg(self, nelem: int = 3) -> Tuple[float, ...]:
-        raise NotImplementedError
+        """Implemented by each kind of handle (no memory, live, dump)."""
 
     def native(self) -> bool:
         """``kvm_native()``: 1 for a live handle; layouts come from the ISF, so dumps qualify too."""
