@@ -22,6 +22,7 @@ per second:
 """
 
 import collections
+import mmap
 import struct
 from typing import Dict, Optional, Tuple
 
@@ -46,18 +47,76 @@ def canonical(va: int) -> int:
 class KernelMemory:
     """Page-cached reads of a kernel virtual address space (a Volatility layer)."""
 
-    def __init__(self, context: interfaces.context.ContextInterface, layer_name: str):
+    def __init__(self, context: interfaces.context.ContextInterface, layer_name: str,
+                 ptr_size: Optional[int] = None):
+        """``ptr_size``: the kernel's ``sizeof(void *)``, from its symbol table (KVM passes it);
+        without it, the layer's register width (Volatility's ``bits_per_register``)."""
+        from kvm_vol import arch as archmod
+
         self.layer = context.layers[layer_name]
+        self.arch = archmod.for_layer(self.layer)
+        self.ptr_size = ptr_size or getattr(self.layer, "bits_per_register", 64) // 8
+        self._ptr = struct.Struct({4: "<I", 8: "<Q"}[self.ptr_size])
         phys_name = self.layer.config.get("memory_layer")
         self.phys = context.layers[phys_name] if phys_name in context.layers else None
-        # A minidump layer knows the dump's direct-map range from its header.
-        lo, hi = getattr(self.layer, "_dmap", (A.DMAP_MIN_ADDRESS, A.DMAP_MAX_ADDRESS))
+        # The direct-map fast path, where the architecture has one; a minidump
+        # layer knows the dump's direct-map range from its header.
+        lo, hi = getattr(self.layer, "_dmap", None) or self.arch.dmap or (0, 0)
         self._dmap_lo, self._dmap_hi = canonical(lo), canonical(hi)
-        if self.phys is None:
+        if self.phys is None or not self.arch.has_dmap:
             self._dmap_lo = self._dmap_hi = 0
         self._chunks_tried = set()  # pa >> 16 of the chunks already read
         self._ppages: Dict[int, bytes] = {}  # pfn -> page (direct map)
         self._vpages: Dict[int, bytes] = {}  # va >> 12 -> page, outside the direct map
+        # Direct-map pages of a dump file are unpacked in place from a read-only
+        # mmap of the file: pfn -> file offset is one core lookup per page, and
+        # no page is ever copied (see :meth:`locate`).
+        self._file: Optional[mmap.mmap] = None
+        self._pfn_off: Dict[int, int] = {}
+        self._lookup = None
+        if self._dmap_hi:
+            self._map_file()
+
+    def _map_file(self) -> None:
+        """Open the dump file behind the physical layer for in-place reads, when it is a local file."""
+        from kvm_vol.layers import coreglue
+        from kvm_vol.layers.physical import FreebsdDumpLayer
+
+        if not isinstance(self.phys, FreebsdDumpLayer):
+            return
+        try:
+            file_layer = self.phys.context.layers[self.phys.config["base_layer"]]
+            path = coreglue.local_path(file_layer)
+            if path is None:
+                return
+            lookup = coreglue.phys_for(self.phys.dump, file_layer).lookup
+            with open(path, "rb") as fh:  # read-only: evidence is never modified
+                self._file = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, KeyError):
+            self._file = None
+            return
+        self._lookup = lookup
+
+    def locate(self, va: int) -> Tuple[object, int]:
+        """``(buffer, offset)`` where the bytes of kernel VA ``va`` up to its page end lie.
+
+        For the direct map of a local dump file the buffer is the file's mmap
+        (nothing copied); otherwise it is the cached page.  Raises
+        InvalidAddressException when the page is not in the dump.
+        """
+        if self._dmap_lo <= va < self._dmap_hi and self._file is not None:
+            pa = va - self._dmap_lo
+            pfn = pa >> A.PAGE_SHIFT
+            off = self._pfn_off.get(pfn)
+            if off is None:
+                off = self._lookup(pfn << A.PAGE_SHIFT)
+                if off is None:
+                    self._phys_page(pfn)  # raises the layer's own "not in the dump" error
+                    off = -1  # (unreachable unless the two views disagree)
+                self._pfn_off[pfn] = off
+            if off >= 0:
+                return self._file, off + (pa & A.PAGE_MASK)
+        return self.page(va), va & A.PAGE_MASK
 
     def _phys_page(self, pfn: int) -> bytes:
         key = pfn >> (_CHUNK_SHIFT - A.PAGE_SHIFT)
@@ -113,6 +172,10 @@ class KernelMemory:
 
     def u64(self, va: int) -> int:
         return struct.unpack("<Q", self.read(va, 8))[0]
+
+    def ptr(self, va: int) -> int:
+        """The kernel pointer stored at ``va`` (:attr:`ptr_size` bytes: 4 on i386)."""
+        return self._ptr.unpack(self.read(va, self.ptr_size))[0]
 
     def cstring(self, va: int, limit: int) -> bytes:
         """A NUL-terminated string of at most ``limit`` bytes (stops early at a missing page)."""
@@ -179,6 +242,7 @@ class StructReader:
         #: the record type: a namedtuple of the requested fields (char arrays as raw bytes)
         self.Record = collections.namedtuple(f"{type_name}_fields", names)
         self._none_tail = (None,) * len(self.missing)
+        self._plain = not self._singles and not self.missing
         #: bytes from the struct's start that cover every field read
         self.span = max([self._struct.size] + [off + st.size for _n, st, off in self._singles])
 
@@ -221,7 +285,15 @@ class StructReader:
 
     def read(self, mem: KernelMemory, va: int):
         """The fields of the struct at kernel VA ``va`` (raises InvalidAddressException)."""
-        off = va & A.PAGE_MASK
-        if off + self.span <= A.PAGE_SIZE:  # the common case: unpack in place, no copy
-            return self.unpack(mem.page(va), off)
+        if (va & 0xFFF) + self.span <= 0x1000:  # the common case: unpack in place, no copy
+            # mem.locate() inlined for the direct map of a dump file (most structs);
+            # 4 KiB is the cache's granule on every architecture.
+            off = mem._pfn_off.get((va - mem._dmap_lo) >> 12, -1) if mem._dmap_lo <= va < mem._dmap_hi else -1
+            if off >= 0:
+                buf, off = mem._file, off + (va & 0xFFF)
+            else:
+                buf, off = mem.locate(va)
+            if self._plain:  # no unions, nothing missing: one unpack_from and the tuple
+                return _new_tuple(self.Record, self._struct.unpack_from(buf, off))
+            return self.unpack(buf, off)
         return self.unpack(mem.read(va, self.span))

@@ -18,10 +18,11 @@ Reads go through :mod:`kvm_vol.kvm.kmem` (whole structs, cached pages), which
 is what makes ~10^5 processes per second possible in Python.
 """
 
+import functools
 import gc
 import logging
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
@@ -81,6 +82,12 @@ class ArgsResult:
     values: Optional[List[str]]
     source: Optional[str] = None  # "p_args" or "ps_strings"
     reason: Optional[str] = None  # why values is None
+
+
+@functools.lru_cache(maxsize=64)
+def _gid_array(n: int) -> struct.Struct:
+    """``gid_t[n]`` (gid_t is a 32-bit unsigned int on every FreeBSD architecture)."""
+    return struct.Struct(f"<{n}I")
 
 
 def _text(raw: Optional[bytes]) -> Optional[str]:
@@ -258,19 +265,48 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
                 self._cache[key] = None
         return self._cache[key]
 
-    def _threads(self, pva: int, first: int) -> List[ThreadRecord]:
-        reader = self._reader("thread", _THREAD_FIELDS)
-        mem = self.mem
+    def _threads(self, pva: int, first: int, p_state: int, p_flag: int) -> List[ThreadRecord]:
+        """The records of p_threads, each with its ki_stat.
 
-        def load(va):
-            fields = reader.read(mem, va)
+        The common one- or two-thread list is read without the generator of
+        :func:`queue.walk_addresses` (same bounds, same cycle check, same
+        warnings: the walk takes over as soon as the list is longer).
+        """
+        read = self._reader("thread", _THREAD_FIELDS).read
+        mem = self.mem
+        out = []
+        va = first
+        try:
+            while va and len(out) < 2:
+                t = read(mem, va)
+                out.append(ThreadRecord(va, t.tid, _text(t.name), t.state, t.inhibitors, t.oncpu,
+                                        t.lastcpu, thread_stat(p_state, p_flag, t.state, t.inhibitors),
+                                        t.priority, t.wchan or 0,
+                                        self._wmesg(t.wmesg) if t.wmesg else None, t.kstack_pages or 0))
+                va = t.next or 0
+                if va == first or (va and va == out[0].offset):
+                    vollog.warning(f"p_threads of proc {pva:#x}: cycle back to {va:#x} after {len(out)} elements; "
+                                   "stopped there")
+                    return out
+        except exceptions.InvalidAddressException as exc:
+            vollog.warning(f"p_threads of proc {pva:#x}: element at {va:#x} is unreadable ({exc}); list cut short")
+            return out
+        if not va:
+            return out
+
+        def load(tva):
+            fields = read(mem, tva)
             return fields, fields.next or 0
 
-        out = []
+        seen = {td.offset for td in out}
         name = f"p_threads of proc {pva:#x}"
-        for va, (t, _next) in queue.walk_addresses(load, first or 0, name=name, limit=_THREADS_LIMIT):
-            out.append(ThreadRecord(va, t.tid, _text(t.name), t.state, t.inhibitors, t.oncpu,
-                                    t.lastcpu, 0, t.priority, t.wchan or 0,
+        for tva, (t, _next) in queue.walk_addresses(load, va, name=name, limit=_THREADS_LIMIT - len(out)):
+            if tva in seen:
+                vollog.warning(f"{name}: cycle back to {tva:#x} after {len(out)} elements; stopped there")
+                break
+            out.append(ThreadRecord(tva, t.tid, _text(t.name), t.state, t.inhibitors, t.oncpu,
+                                    t.lastcpu, thread_stat(p_state, p_flag, t.state, t.inhibitors),
+                                    t.priority, t.wchan or 0,
                                     self._wmesg(t.wmesg) if t.wmesg else None, t.kstack_pages or 0))
         return out
 
@@ -283,7 +319,12 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         return self._record(canonical(va), fields)
 
     def _record(self, va: int, p: dict) -> ProcRecord:
-        """fill_kinfo_proc_only() + fill_kinfo_thread(FIRST_THREAD_IN_PROC) + aggregate."""
+        """fill_kinfo_proc_only() + fill_kinfo_thread(FIRST_THREAD_IN_PROC) + aggregate.
+
+        This runs once per process of a getprocs() (10^5 of them on a big
+        server), so the per-struct readers are bound once and every value is
+        computed into locals before the record is built.
+        """
         mem = self.mem
         pptr = p.pptr or 0
         ppid = 0
@@ -296,44 +337,63 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
                     ppid = self._read_cached("proc", pptr, _PROC_FIELDS).pid
                 except exceptions.InvalidAddressException:
                     ppid = -1
-        rec = ProcRecord(offset=va, pid=p.pid, ppid=ppid, comm=_text(p.comm), p_state=p.state, stat=0,
-                         flags=p.flag & 0xFFFFFFFF, numthreads=p.numthreads or 0, nice=p.nice,
+        p_state, flags = p.state, p.flag & 0xFFFFFFFF
+        threads = self._threads(va, p.threads or 0, p_state, flags)
+        thread = threads[0] if threads else None
+        rec = ProcRecord(offset=va, pid=p.pid, ppid=ppid, comm=_text(p.comm), p_state=p_state,
+                         stat=thread.stat if thread else thread_stat(p_state, flags), flags=flags,
+                         threads=threads, thread=thread, numthreads=p.numthreads or 0, nice=p.nice,
                          args_ptr=p.args or 0, vmspace_ptr=p.vmspace or 0, sysent_ptr=p.sysent or 0)
-        self._credentials(rec, p.ucred or 0)
-        rec.threads = self._threads(va, p.threads or 0)
-        for td in rec.threads:
-            td.stat = thread_stat(rec.p_state, rec.flags, td)
-        rec.thread = rec.threads[0] if rec.threads else None
-        rec.stat = thread_stat(rec.p_state, rec.flags, rec.thread)
-        self._job_control(rec, p.pgrp or 0)
+        if p.ucred:
+            self._credentials(rec, p.ucred)
+        if p.pgrp:
+            self._job_control(rec, p.pgrp)
+        read_pstats, read_vmspace = self._hot_readers
         if p.stats:
             try:
-                ps = self._reader("pstats", _PSTATS_FIELDS).read(mem, p.stats)
-                boot = self.boottime()
+                ps = read_pstats(mem, p.stats)
+                boot = self._boottime if self._boottime_known else self.boottime()
                 if boot is not None and ps.sec is not None:
                     rec.start = boot + ps.sec + ps.usec / 1e6
             except exceptions.InvalidAddressException:
                 pass
-        if rec.p_state not in (F.PRS_NEW, F.PRS_ZOMBIE) and rec.vmspace_ptr:
+        if p.vmspace and p_state != F.PRS_NEW and p_state != F.PRS_ZOMBIE:
             try:
-                vm = self._reader("vmspace", _VMSPACE_FIELDS).read(mem, rec.vmspace_ptr)
+                vm = read_vmspace(mem, p.vmspace)
                 rec.vsize = vm.size
                 if vm.resident is not None:
-                    rec.rssize = vm.resident + sum(td.kstack_pages for td in rec.threads
+                    rec.rssize = vm.resident + sum(td.kstack_pages for td in threads
                                                       if not td.inhibitors & F.TDI_SWAPPED)
             except exceptions.InvalidAddressException:
                 pass
-        if rec.sysent_ptr:
-            try:
-                sv = self._read_cached("sysentvec", rec.sysent_ptr, _SYSENT_FIELDS)
-                if sv.name:
-                    key = ("sv_name", sv.name)
-                    if key not in self._cache:
-                        self._cache[key] = _text(mem.cstring(canonical(sv.name), 32))
-                    rec.emul = self._cache[key]
-            except exceptions.InvalidAddressException:
-                pass
+        if p.sysent:
+            rec.emul = self._emul(p.sysent)
         return rec
+
+    @property
+    def _hot_readers(self):
+        """The pstats and vmspace readers, bound once per handle."""
+        hot = self.__dict__.get("_hot")
+        if hot is None:
+            hot = self.__dict__["_hot"] = (self._reader("pstats", _PSTATS_FIELDS).read,
+                                           self._reader("vmspace", _VMSPACE_FIELDS).read)
+        return hot
+
+    def _emul(self, sysent: int) -> Optional[str]:
+        """ki_emul: the name of the sysentvec at ``sysent`` (cached by address)."""
+        key = ("emul", sysent)
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        emul = None
+        try:
+            sv = self._read_cached("sysentvec", sysent, _SYSENT_FIELDS)
+            if sv.name:
+                emul = _text(self.mem.cstring(canonical(sv.name), 32))
+        except exceptions.InvalidAddressException:
+            pass
+        cache[key] = emul
+        return emul
 
     def _credentials(self, rec: ProcRecord, ucred: int) -> None:
         """ucred fields; 14.x keeps the effective gid in cr_groups[0], 15.0 in cr_gid."""
@@ -345,7 +405,7 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             try:
                 c = self._reader("ucred", _UCRED_FIELDS).read(self.mem, ucred)
                 ngroups = max(0, min(c.ngroups, c.agroups or c.ngroups, 65536))
-                groups = list(struct.unpack(f"<{ngroups}I", self.mem.read(canonical(c.groups), 4 * ngroups))) \
+                groups = list(_gid_array(ngroups).unpack(self.mem.read(canonical(c.groups), 4 * ngroups))) \
                     if ngroups and c.groups else []
             except exceptions.InvalidAddressException:
                 return
@@ -359,29 +419,41 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         rec.groups = list(groups)
 
     def _job_control(self, rec: ProcRecord, pgrp: int) -> None:
-        """ki_pgid, ki_sid, ki_login, ki_kiflag, and the terminal when P_CONTROLT."""
-        if not pgrp:
-            return
+        """ki_pgid, ki_sid, ki_login, ki_kiflag, and the terminal when P_CONTROLT.
+
+        Everything but KI_SLEADER depends on the process group alone, and
+        thousands of processes share one: it is worked out once per pgrp.
+        """
+        key = ("job", pgrp)
+        job = self._cache.get(key)
+        if job is None:
+            job = self._cache[key] = self._pgrp_job(pgrp)
+        pgid, sid, login, ctty, leader, ttyp = job
+        rec.pgid, rec.sid, rec.login = pgid, sid, login
+        if ctty:
+            rec.kiflag |= F.KI_CTTY
+        if leader == rec.offset:
+            rec.kiflag |= F.KI_SLEADER
+        if ttyp and rec.flags & F.P_CONTROLT:
+            try:
+                rec.tty, rec.tdev, rec.tpgid, rec.tsid = self._tty(ttyp)
+            except exceptions.InvalidAddressException:
+                pass
+
+    def _pgrp_job(self, pgrp: int) -> tuple:
+        """``(pgid, sid, login, has s_ttyvp, session leader, s_ttyp)`` of a process group (None: unreadable)."""
         try:
             pg = self._read_cached("pgrp", pgrp, _PGRP_FIELDS)
-            rec.pgid = pg.id
-            if not pg.session:
-                return
+        except exceptions.InvalidAddressException:
+            return None, None, None, False, None, 0
+        if not pg.session:
+            return pg.id, None, None, False, None, 0
+        try:
             sess = self._read_cached("session", canonical(pg.session), _SESSION_FIELDS)
         except exceptions.InvalidAddressException:
-            return
-        rec.sid = sess.sid
-        rec.login = _text(sess.login)
-        if sess.ttyvp:
-            rec.kiflag |= F.KI_CTTY
-        if canonical(sess.leader or 0) == rec.offset:
-            rec.kiflag |= F.KI_SLEADER
-        if not (rec.flags & F.P_CONTROLT and sess.ttyp):
-            return
-        try:
-            rec.tty, rec.tdev, rec.tpgid, rec.tsid = self._tty(canonical(sess.ttyp))
-        except exceptions.InvalidAddressException:
-            pass
+            return pg.id, None, None, False, None, 0
+        return (pg.id, sess.sid, _text(sess.login), bool(sess.ttyvp), canonical(sess.leader or 0),
+                canonical(sess.ttyp) if sess.ttyp else 0)
 
     def _tty(self, tp: int):
         """(name, dev_t, foreground pgid, session id) of a struct tty (cached)."""
@@ -424,7 +496,7 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
                 yield rec
                 continue
             for td in rec.threads:
-                yield replace(rec, thread=td, stat=td.stat)
+                yield rec.for_thread(td)
 
     def getprocs(self, op: int = F.KERN_PROC_ALL, arg=0) -> List[ProcRecord]:
         """kvm_getprocs(kd, op, arg): kinfo_proc-like records of the matching processes.

@@ -91,6 +91,18 @@ class ProcRecord:
     # the thread this record describes (first thread, or each one with INC_THREAD)
     thread: Optional[ThreadRecord] = None
 
+    def for_thread(self, td: ThreadRecord) -> "ProcRecord":
+        """This process's record as seen through thread ``td`` (one KERN_PROC_INC_THREAD row).
+
+        A shallow copy like ``dataclasses.replace(self, thread=td, stat=td.stat)``,
+        at a tenth of its cost: fill_kinfo_thread() is per thread, the rest is shared.
+        """
+        new = object.__new__(ProcRecord)
+        new.__dict__.update(self.__dict__)
+        new.thread = td
+        new.stat = td.stat
+        return new
+
     @property
     def stat_name(self) -> str:
         return F.KI_STAT_NAMES.get(self.stat, str(self.stat))
@@ -128,19 +140,27 @@ def iter_threads(proc) -> Iterator:
                           name=f"p_threads of proc {proc.vol.offset:#x}")
 
 
-def thread_stat(p_state: int, p_flag: int, td: Optional[ThreadRecord]) -> int:
-    """ki_stat as fill_kinfo_thread() derives it (P_SHOULDSTOP before sleeping)."""
+_RUNNABLE = frozenset((F.TDS_RUNQ, F.TDS_CAN_RUN, F.TDS_RUNNING))
+
+
+def thread_stat(p_state: int, p_flag: int, td_state: Optional[int] = None, inhibitors: int = 0) -> int:
+    """ki_stat as fill_kinfo_thread() derives it (P_SHOULDSTOP before sleeping).
+
+    ``td_state``/``inhibitors`` are the thread's td_state and td_inhibitors;
+    ``td_state=None`` means the process has no thread (ki_stat SIDL, as the
+    kernel reports a process caught before its first thread exists).
+    """
     if p_state == F.PRS_ZOMBIE:
         return F.SZOMB
-    if p_state != F.PRS_NORMAL or td is None:
+    if p_state != F.PRS_NORMAL or td_state is None:
         return F.SIDL
-    if td.state in (F.TDS_RUNQ, F.TDS_CAN_RUN, F.TDS_RUNNING):
+    if td_state in _RUNNABLE:
         return F.SRUN
     if p_flag & F.P_STOPPED:
         return F.SSTOP
-    if td.inhibitors & F.TDI_SLEEPING:
+    if inhibitors & F.TDI_SLEEPING:
         return F.SSLEEP
-    if td.inhibitors & F.TDI_LOCK:
+    if inhibitors & F.TDI_LOCK:
         return F.SLOCK
     return F.SWAIT
 
