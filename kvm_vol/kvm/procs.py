@@ -12,7 +12,8 @@ cuts it to 18 characters), and start time and controlling terminal are
 filled whenever the dump holds them (libkvm leaves them empty on dumps).
 """
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import Iterator, List, Optional
 
 from volatility3.framework import interfaces, renderers
@@ -24,7 +25,7 @@ __all__ = ["ThreadRecord", "ProcRecord", "iter_procs", "iter_threads", "proc_rec
            "value_or_na"]
 
 
-@dataclass
+@dataclass(slots=True)
 class ThreadRecord:
     """A ``struct thread`` as fill_kinfo_thread() sees it."""
 
@@ -42,7 +43,7 @@ class ThreadRecord:
     kstack_pages: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class ProcRecord:
     """A ``struct proc`` with its credentials, job control and memory, as kinfo_proc reports it.
 
@@ -97,8 +98,9 @@ class ProcRecord:
         A shallow copy like ``dataclasses.replace(self, thread=td, stat=td.stat)``,
         at a tenth of its cost: fill_kinfo_thread() is per thread, the rest is shared.
         """
-        new = object.__new__(ProcRecord)
-        new.__dict__.update(self.__dict__)
+        new = _new_object(ProcRecord)
+        for slot, value in zip(_PROC_SLOTS, _proc_values(self)):
+            slot.__set__(new, value)
         new.thread = td
         new.stat = td.stat
         return new
@@ -122,6 +124,13 @@ class ProcRecord:
     @property
     def priority(self) -> Optional[int]:
         return self.thread.priority if self.thread else None
+
+
+# Records are slotted: 10^5 of them per getprocs(), and a slotted record is a
+# third of the memory of one with a __dict__ (and quicker to build).
+_new_object = object.__new__
+_PROC_SLOTS = tuple(getattr(ProcRecord, f.name) for f in fields(ProcRecord))
+_proc_values = operator.attrgetter(*(f.name for f in fields(ProcRecord)))
 
 
 def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name: str) -> Iterator:
