@@ -495,7 +495,8 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             if not per_thread or len(rec.threads) <= 1:
                 yield rec
                 continue
-            for td in rec.threads:
+            yield rec  # its thread is the first one already
+            for td in rec.threads[1:]:
                 yield rec.for_thread(td)
 
     def getprocs(self, op: int = F.KERN_PROC_ALL, arg=0) -> List[ProcRecord]:

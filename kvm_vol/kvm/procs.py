@@ -12,7 +12,6 @@ cuts it to 18 characters), and start time and controlling terminal are
 filled whenever the dump holds them (libkvm leaves them empty on dumps).
 """
 
-import operator
 from dataclasses import dataclass, field, fields
 from typing import Iterator, List, Optional
 
@@ -98,9 +97,7 @@ class ProcRecord:
         A shallow copy like ``dataclasses.replace(self, thread=td, stat=td.stat)``,
         at a tenth of its cost: fill_kinfo_thread() is per thread, the rest is shared.
         """
-        new = _new_object(ProcRecord)
-        for slot, value in zip(_PROC_SLOTS, _proc_values(self)):
-            slot.__set__(new, value)
+        new = _copy_proc(self)
         new.thread = td
         new.stat = td.stat
         return new
@@ -126,11 +123,22 @@ class ProcRecord:
         return self.thread.priority if self.thread else None
 
 
+def _slot_copier(cls):
+    """A shallow-copy function for a slotted dataclass, generated the way dataclasses
+    generates ``__init__`` (straight-line attribute copies: a fifth of the cost of a
+    loop over the slots, and copy.copy() goes through __reduce_ex__)."""
+    names = [f.name for f in fields(cls)]
+    lines = [f"def copy(self, _new=object.__new__, _cls=_cls):", "    new = _new(_cls)"]
+    lines += [f"    new.{name} = self.{name}" for name in names]
+    lines.append("    return new")
+    namespace = {"_cls": cls}
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from the dataclass's own field names
+    return namespace["copy"]
+
+
 # Records are slotted: 10^5 of them per getprocs(), and a slotted record is a
 # third of the memory of one with a __dict__ (and quicker to build).
-_new_object = object.__new__
-_PROC_SLOTS = tuple(getattr(ProcRecord, f.name) for f in fields(ProcRecord))
-_proc_values = operator.attrgetter(*(f.name for f in fields(ProcRecord)))
+_copy_proc = _slot_copier(ProcRecord)
 
 
 def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name: str) -> Iterator:
