@@ -93,6 +93,8 @@ def main() -> int:
     ap.add_argument("--release", default="14")
     ap.add_argument("--keep", help="directory for the image (default: a temporary one)")
     ap.add_argument("--no-vol", action="store_true", help="measure the API only")
+    ap.add_argument("--baseline", type=int, default=5000,
+                    help="processes walked with Volatility objects for the same-run baseline")
     args = ap.parse_args()
 
     work = args.keep or tempfile.mkdtemp(prefix="kvm-vol-bench-")
@@ -120,6 +122,7 @@ def main() -> int:
     t0 = time.perf_counter()
     kvm = KVM.open(path)
     print(f"open (automagic, stacking, ISF): {time.perf_counter() - t0:.2f} s")
+    api_rate = 0.0
     for label, op in (("KERN_PROC_PROC", F.KERN_PROC_PROC),
                       ("KERN_PROC_PROC|INC_THREAD", F.KERN_PROC_PROC | F.KERN_PROC_INC_THREAD)):
         t0 = time.perf_counter()
@@ -129,6 +132,24 @@ def main() -> int:
         assert nprocs == total_procs, (nprocs, total_procs)
         print(f"API getprocs({label}): {len(recs)} records, {nprocs} processes in {dt:.2f} s "
               f"= {nprocs / dt:,.0f} processes/s")
+        api_rate = api_rate or nprocs / dt
+    # Baseline in the same run: the Volatility object model, as a linux.pslist-style
+    # plugin walks a process list (pid, comm, ucred->cr_uid, p_threads), on the
+    # first --baseline processes of the same allproc.
+    from kvm_vol.kvm.procs import iter_procs, iter_threads
+
+    module = next(name for name in kvm.context.modules if kvm.context.modules[name].layer_name == kvm.layer_name)
+    t0 = time.perf_counter()
+    walked = 0
+    for proc in iter_procs(kvm.context, module):
+        _row = (int(proc.p_pid), proc.p_comm.cast("string", max_length=20), int(proc.p_ucred.cr_uid),
+                sum(1 for _td in iter_threads(proc)))
+        walked += 1
+        if walked >= args.baseline:
+            break
+    base_rate = walked / (time.perf_counter() - t0)
+    print(f"baseline, Volatility objects: {walked} processes = {base_rate:,.0f} processes/s; "
+          f"API getprocs is {api_rate / base_rate:.1f}x that")
     if args.no_vol:
         return 0
     for renderer in ("none", "csv"):
