@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the C core's tests (tests/test_core_native.py: forge images, the §12
-# edge cases, 5-level tables, random page tables and random minidumps) with
+# edge cases, 5-level tables, random page tables and random minidumps;
+# tests/test_core_i386.py: the i386 walks and minidumps, garbage tables;
+# tests/test_core_arm64.py: the arm64 4/16 KiB walks, minidumps, hostile input) with
 # the core built under AddressSanitizer (+ UBSan).  Works on a copy of the
 # package in a scratch directory, so the checkout and the installed package
 # keep their normal build.  Exit status 0 = no ASan report, all tests passed.
@@ -24,5 +26,5 @@ echo "ASan build: $so"
 # Python's own allocations are not what is checked here: no leak report.
 LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH="$work" \
-    python -m pytest -q -p no:cacheprovider tests/test_core_native.py "$@"
+    python -m pytest -q -p no:cacheprovider tests/test_core_native.py tests/test_core_i386.py tests/test_core_arm64.py "$@"
 echo "AddressSanitizer: no errors"

@@ -1,4 +1,4 @@
-"""The ``kvm-vol`` command: ``demo``, ``isf`` and ``info``.
+"""The ``kvm-vol`` command: ``demo``, ``isf``, ``info`` and ``textdump``.
 
 Each sub-command lives beside the code it drives; this module only parses
 arguments and turns :class:`kvm_vol.errors.KvmVolError` into a one-line
@@ -30,6 +30,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return info.run(args)
 
 
+def _cmd_textdump(args: argparse.Namespace) -> int:
+    from kvm_vol.formats import textdumpcmd
+
+    return textdumpcmd.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvm-vol",
@@ -52,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a FreeBSD dump file: format, version, sections")
     info.add_arguments(p)
     p.set_defaults(func=_cmd_info)
+
+    from kvm_vol.formats import textdumpcmd
+
+    p = sub.add_parser("textdump", help="list or safely extract the files of a textdump (ddb output)")
+    textdumpcmd.add_arguments(p)
+    p.set_defaults(func=_cmd_textdump)
     return parser
 
 
@@ -63,8 +75,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KvmVolError as exc:
         print(f"kvm-vol: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
+    except OSError as exc:  # a missing or unreadable file: one line, like any other bad input
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        print(f"kvm-vol: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

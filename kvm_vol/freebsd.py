@@ -52,6 +52,9 @@ SW_CLOSING = 0x04
 NODEV = (1 << 64) - 1  # sys/types.h: (dev_t)(-1); dev_t is 64 bits since 12.0
 BBSIZE = 8192  # sys/disklabel.h: swaponsomething() never hands out the first howmany(BBSIZE, PAGE_SIZE) blocks
 PAGE_SIZE = 4096
+# sys/blist.h: blmeta_t nodes of the swap bitmap; a leaf's bitmap covers BLIST_RADIX
+# blocks (u_daddr_t, 64 bits on every architecture) and a meta node has BLIST_RADIX children.
+BLIST_RADIX = 64
 
 # --- open files (issue 5) ------------------------------------------------
 # sys/file.h f_type; 15.0 added INOTIFY and JAILDESC.
@@ -59,6 +62,7 @@ DTYPE_NAMES = {0: "NONE", 1: "VNODE", 2: "SOCKET", 3: "PIPE", 4: "FIFO", 5: "KQU
                7: "MQUEUE", 8: "SHM", 9: "SEM", 10: "PTS", 11: "DEV", 12: "PROCDESC", 13: "EVENTFD",
                14: "TIMERFD", 15: "INOTIFY", 16: "JAILDESC"}
 DTYPE_NONE, DTYPE_VNODE, DTYPE_SOCKET, DTYPE_PIPE, DTYPE_FIFO, DTYPE_KQUEUE = range(6)
+DTYPE_SHM, DTYPE_SEM, DTYPE_PTS = 8, 9, 10
 # f_flag bits (sys/fcntl.h: FREAD, FWRITE and the O_* bits FMASK keeps) in
 # procstat -f's order and letters: r w a s f n d l.
 FILE_FLAG_LETTERS = ((0x0001, "r"), (0x0002, "w"), (0x0008, "a"), (0x0040, "s"), (0x0080, "f"),
@@ -69,10 +73,18 @@ NCF_ISDOTDOT = 0x02  # sys/kern/vfs_cache.c nc_flag
 NCF_NEGATIVE = 0x20
 # Pseudo descriptors, named like procstat -f (KF_FD_TYPE_*).
 FD_TRACE, FD_TEXT, FD_CWD, FD_ROOT, FD_JAIL, FD_CTTY = "trace", "text", "cwd", "root", "jail", "ctty"
+FD_MMAP = "mmap"  # libprocstat's PS_FST_UFLAG_MMAP entries (procstat -f shows them as "mmap")
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 28  # sys/socket.h
 SOCK_TYPES = {1: "STREAM", 2: "DGRAM", 3: "RAW", 4: "RDM", 5: "SEQPACKET"}
 IPPROTO_NAMES = {0: "IP", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP"}
 INP_IPV4, INP_IPV6 = 0x1, 0x2  # netinet/in_pcb.h inp_vflag
+SO_ACCEPTCONN = 0x0002  # sys/socket.h so_options: listen() was called (the sol_* half of the union is live)
+SHM_ANON = 1  # sys/mman.h: ((char *)1), the path of an anonymous shm_open()
+KTRFAC_SYSCALL, KTRFAC_SYSRET, KTRFAC_NAMEI = 1 << 1, 1 << 2, 1 << 3  # sys/ktrace.h p_traceflag (1 << KTR_*)
+# vm_map entries (vm/vm.h, vm/vm_map.h): what procstat_getfiles(..., mmapped) looks at.
+VM_PROT_READ, VM_PROT_WRITE, VM_PROT_EXECUTE = 0x01, 0x02, 0x04
+MAP_ENTRY_IS_SUB_MAP, MAP_ENTRY_COW = 0x00000002, 0x00000004
+OBJT_SWAP, OBJT_VNODE = 1, 2  # enum obj_type (14.x/15.0: OBJT_DEFAULT is OBJT_SWAP)
 
 # kern.proc sysctl operations (sys/sysctl.h), the ``op`` of kvm_getprocs()
 KERN_PROC_ALL = 0
@@ -101,7 +113,8 @@ SV_IA32 = 0x004000
 
 # Limits of the kernel's argv/envp readers (sys/syslimits.h, kern_proc.c)
 PATH_MAX = 1024
-ARG_MAX_LP64 = 2 * 256 * 1024  # ARG_MAX of a 64-bit kernel (256 KiB on ILP32 kernels)
+ARG_MAX_LP64 = 2 * 256 * 1024  # ARG_MAX of a 64-bit kernel (sys/syslimits.h)
+ARG_MAX_ILP32 = 256 * 1024  # ARG_MAX of an __ILP32__ kernel (i386): "max bytes for KVA-starved archs"
 GET_PS_STRINGS_CHUNK_SZ = 256  # get_ps_strings() reads strings in chunks of this size
 # enum vtype (sys/vnode.h), the KF_VTYPE numbering.
 VTYPE_NAMES = {0: "VNON", 1: "VREG", 2: "VDIR", 3: "VBLK", 4: "VCHR", 5: "VLNK", 6: "VSOCK", 7: "VFIFO",

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - volatility3 is a dependency
 
 from kvm_vol import paths
 from kvm_vol.layers import kernel as _kernel_layers  # noqa: F401  (registers the stacker)
+from kvm_vol.layers import aarch64 as _aarch64_layers  # noqa: F401  (the AArch64 layer classes, for saved configs)
 from kvm_vol.layers import physical as _physical_layers  # noqa: F401  (registers the stackers)
 from kvm_vol.layers import live as _live_layers  # noqa: F401  (live /dev/mem stacker, FIFO-safe file: URLs)
 from kvm_vol.symbols import volsym as _volsym  # noqa: F401  (identifier + symbol finder)
@@ -75,8 +76,28 @@ def register_symbol_dirs() -> None:
 
 
 def kernel_requirement() -> "requirements.ModuleRequirement":
-    """The FreeBSD kernel module every kvm-vol plugin needs (amd64 for now)."""
-    return requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel", architectures=["Intel64"])
+    """The FreeBSD kernel module every kvm-vol plugin needs: on any architecture kvm-vol reads.
+
+    Volatility matches the kernel layer's ``architecture`` metadata
+    (Intel64 for amd64, Intel32 for i386, AArch64 for arm64).
+    """
+    from kvm_vol.arch import METADATA_ARCHITECTURES
+
+    return requirements.ModuleRequirement(name="kernel", description="FreeBSD kernel",
+                                          architectures=sorted(METADATA_ARCHITECTURES))
+
+
+def offset_mask(context, kernel_module_name: str) -> int:
+    """The mask kernel object offsets are shown with: the kernel layer's ``address_mask``.
+
+    Volatility shows Intel kernel addresses masked to the layer's bits (48 on
+    amd64, 32 on i386); the AArch64 layer keeps all 64, because arm64 kernel
+    addresses (0xffff0000...) have bit 47 clear and a 48-bit form would read
+    as a user address.
+    """
+    from kvm_vol.kvm.kernelmod import kernel_module
+
+    return context.layers[kernel_module(context, kernel_module_name).layer_name].address_mask
 
 
 def pid_requirement(description: str = "Process IDs to include (all others are excluded)") -> "requirements.ListRequirement":

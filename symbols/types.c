@@ -297,3 +297,33 @@ struct kvm_vol_types_procs {
 	struct freebsd32_ps_strings	freebsd32_ps_strings;
 	struct cdev_priv		cdev_priv;
 } kvm_vol_types_procs;
+
+/*
+ * Open files, more of them (issue 5): POSIX shared memory (struct shmfd,
+ * sys/mman.h) and named semaphores (struct ksem, sys/ksem.h) are what
+ * f_data points to for DTYPE_SHM and DTYPE_SEM; both headers show them to
+ * userland under _WANT_FILE (defined above), as libprocstat's kvm mode reads
+ * them.  They are members of kvm_vol_types_files, which regenerate.py drops
+ * like kvm_vol_types.
+ */
+#include <sys/mman.h>
+#include <sys/ksem.h>
+
+/*
+ * A traced process has no p_tracevp any more (kern_ktrace.c, 2021; 14.x and
+ * 15.0): p_ktrioparms points to a struct ktr_io_params, private to
+ * sys/kern/kern_ktrace.c, whose vp is the trace file (ktr_get_tracevp()).
+ * Declared with the kernel's layout (the same in 14.x and 15.0); completing
+ * it here is enough, since struct proc points to it.
+ */
+struct ktr_io_params {
+	struct vnode	*vp;
+	struct ucred	*cr;
+	off_t		lim;
+	u_int		refs;
+};
+
+struct kvm_vol_types_files {
+	struct shmfd	shmfd;
+	struct ksem	ksem;
+} kvm_vol_types_files;

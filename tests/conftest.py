@@ -5,6 +5,12 @@ Every test session gets its own Volatility cache and kvm-vol symbol directory
 pollutes the user's.  ``run_vol`` runs the real ``vol`` command line in a
 subprocess, with the installed plugins or, in a source checkout that was not
 installed, with ``-p kvm_vol/plugins``.
+
+Forge images are made once per session and per (architecture, release), in
+every format that architecture's machine writes (:func:`forge_images`).  The
+end-to-end tests are parametrised with :func:`arch_cases`, which covers every
+architecture in :data:`E2E_ARCHES`: adding an architecture there runs them
+all on it.
 """
 
 import importlib.util
@@ -74,21 +80,81 @@ def session_dir() -> Path:
     return _SESSION_HOME
 
 
-@pytest.fixture(scope="session")
-def forged_images(session_dir):
-    """Forge machines for each release in every format; {release: (paths, manifest)}."""
-    from kvm_vol.forge import build
-    from kvm_vol.forge.demo import pack_for_release
-    from kvm_vol.paths import user_symbols_dir
+#: Architectures the end-to-end tests run on.  An architecture joins when its forge
+#: machine (kvm_vol.forge.arches.MACHINES) writes images that kvm-vol reads: add it here.
+E2E_ARCHES = ("amd64", "arm64", "i386")
+#: FreeBSD releases (type packs) every end-to-end test covers.
+RELEASES = ("14", "15")
 
-    out = {}
-    for release in ("14", "15"):
-        pack = pack_for_release(release)
+_FORGED = {}  # (arch, release) -> (paths, manifest)
+
+
+def forge_images(arch: str, release: str):
+    """The forge machine of ``arch`` on ``release``'s layouts in every format it writes.
+
+    Built once per session; its ISF is installed in the session's symbol
+    directory, so ``vol`` finds it.  Returns ``(paths by format, manifest)``.
+    """
+    key = (arch, release)
+    if key not in _FORGED:
+        from kvm_vol.forge import build
+        from kvm_vol.forge.demo import pack_for_release
+        from kvm_vol.paths import user_symbols_dir
+
+        pack = pack_for_release(release, arch)
         forged = build.build(pack)
-        directory = session_dir / f"images-{release}"
-        paths = forged.write(str(directory), stem="forge", formats=build.FORMATS)
+        assert forged.arch == arch, f"{pack} built a {forged.arch} machine"
+        directory = _SESSION_HOME / (f"images-{release}" if arch == "amd64" else f"images-{arch}-{release}")
+        paths = forged.write(str(directory), stem="forge", formats=forged.machine.FORMATS)
         isf_dir = user_symbols_dir() / "freebsd"
         isf_dir.mkdir(parents=True, exist_ok=True)
         forged.write_isf(str(isf_dir / f"forge-{pack}.json.xz"))
-        out[release] = (paths, forged.manifest)
-    return out
+        _FORGED[key] = (paths, forged.manifest)
+    return _FORGED[key]
+
+
+def arch_cases(formats=None, releases=RELEASES, arches=None):
+    """``pytest.param(arch, release, fmt)`` for every architecture, release and format.
+
+    ``formats`` keeps only those formats (each architecture contributes the
+    ones its machine writes); ids read ``i386-14-minidump-v2``.
+    """
+    from kvm_vol.forge.arches import formats_for
+
+    cases = []
+    for arch in (E2E_ARCHES if arches is None else arches):
+        written = formats_for(arch)
+        for release in releases:
+            for fmt in written:
+                if formats is None or fmt in formats:
+                    cases.append(pytest.param(arch, release, fmt, id=f"{arch}-{release}-{fmt}"))
+    return cases
+
+
+def is_minidump(fmt: str) -> bool:
+    """Whether forge format ``fmt`` is a minidump (kernel memory only: no user pages).
+
+    Every architecture names its formats alike: ``vmcore`` is its newest
+    minidump version, ``minidump-vN`` an older one, ``kdh-X`` format X behind
+    a kerneldumpheader.
+    """
+    inner = fmt[4:] if fmt.startswith("kdh-") else fmt
+    return inner == "vmcore" or inner.startswith("minidump-")
+
+
+def arch_release_cases(releases=RELEASES, arches=None):
+    """``pytest.param(arch, release)`` for every architecture in :data:`E2E_ARCHES` and release."""
+    return [pytest.param(arch, release, id=f"{arch}-{release}")
+            for arch in (E2E_ARCHES if arches is None else arches) for release in releases]
+
+
+@pytest.fixture(scope="session")
+def arch_images(session_dir):
+    """:func:`forge_images` as a fixture: ``arch_images(arch, release) -> (paths, manifest)``."""
+    return forge_images
+
+
+@pytest.fixture(scope="session")
+def forged_images(session_dir):
+    """The amd64 machines of each release in every format; {release: (paths, manifest)}."""
+    return {release: forge_images("amd64", release) for release in RELEASES}

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dumpkit as dk
-from nativekit import ensure_native
+from nativekit import SpacePair, ensure_native
 from kvm_vol.core import amd64 as A
 from kvm_vol.core import engine
 from kvm_vol.core.amd64 import NBPDP, NBPDR, PAGE_SIZE, PG_PS, PG_RW, PG_V
-from kvm_vol.errors import DumpFormatError, TranslationError
+from kvm_vol.errors import DumpFormatError
 from kvm_vol.forge import build
 from kvm_vol.forge.physmem import PhysMem
 from kvm_vol.forge.writers import write_elf, write_minidump, write_raw
@@ -45,58 +45,13 @@ def native(tmp_path_factory):
     return ensure_native(str(tmp_path_factory.mktemp("native")))
 
 
-def outcome(fn, *args):
-    """``("ok", value)`` or ``("error", address, reason)``: what two implementations must share."""
-    done = []  # runs a mapping yielded before failing: part of the outcome too
-    try:
-        value = fn(*args)
-        if not isinstance(value, (bytes, tuple)):
-            for item in value:
-                done.append(item)
-            value = done
-    except TranslationError as exc:
-        return ("error", exc.address, exc.reason, tuple(done))
-    return ("ok", value)
-
-
-class Pair:
-    """The same dump served by the C core and by the twin."""
+class Pair(SpacePair):
+    """The same amd64 dump served by the C core and by the twin."""
 
     def __init__(self, dump, path=None, data=None, root=0, levels=4, minidump=None, canon48=False):
-        self.dump = dump
         if minidump is None:
             minidump = dump.kind == "minidump"
-        self.phys_c = engine.open_phys(dump, path, data=data, pure=False)
-        self.phys_t = engine.open_phys(dump, path, data=data, pure=True)
-        assert self.phys_c.native and not self.phys_t.native
-        self.c = engine.open_space(self.phys_c, root, levels, canon48=canon48, minidump=minidump)
-        self.t = engine.open_space(self.phys_t, root, levels, canon48=canon48, minidump=minidump)
-
-    def same(self, method, *args):
-        """Run ``method`` on both spaces; assert equal outcomes; return the outcome."""
-        got_c = outcome(getattr(self.c, method), *args)
-        got_t = outcome(getattr(self.t, method), *args)
-        assert got_c == got_t, f"{method}{tuple(hex(a) if isinstance(a, int) else a for a in args)}"
-        return got_c
-
-    def same_phys(self, pa, n, pad=False):
-        got_c = outcome(self.phys_c.read, pa, n, pad)
-        got_t = outcome(self.phys_t.read, pa, n, pad)
-        assert got_c == got_t, f"phys read {pa:#x}+{n}"
-        return got_c
-
-    def check(self, va, n, mapping=True):
-        """Every operation at ``va``; returns the outcome of the plain read."""
-        got = self.same("read", va, n)
-        padded = self.same("read", va, n, True)
-        assert padded[0] == "ok" and len(padded[1]) == n
-        if got[0] == "ok":
-            assert padded[1] == got[1]
-        self.same("translate", va)
-        if mapping:
-            self.same("mapping", va, n, True)
-            self.same("mapping", va, n, False)
-        return got
+        super().__init__(dump, path, data, root, levels=levels, canon48=canon48, minidump=minidump)
 
 
 # ----------------------------------------------------------- forge images ----

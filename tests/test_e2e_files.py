@@ -10,10 +10,10 @@ the text / ctty / cwd / root / jail pseudo entries.
 
 import pytest
 
-from conftest import run_vol_json
+from conftest import arch_cases, run_vol_json
 
 #: The command line on both layouts; every format is covered in process (test_kvm_system_api.py).
-CASES = [("15", "vmcore"), ("14", "raw")]
+CASES = [c for c in arch_cases() if (c.values[1], c.values[2]) in (("15", "vmcore"), ("14", "raw"))]
 
 
 def strip(rows):
@@ -33,9 +33,9 @@ def expected_rows(manifest, pids=None):
     return rows
 
 
-@pytest.mark.parametrize("release,fmt", CASES)
-def test_files_match_manifest(forged_images, release, fmt):
-    paths, manifest = forged_images[release]
+@pytest.mark.parametrize("arch,release,fmt", CASES)
+def test_files_match_manifest(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.files"))
     assert rows == expected_rows(manifest)
 
@@ -48,9 +48,9 @@ def test_files_pid_filter_and_special_cases(forged_images):
     # A name purged from the cache: no path, and the reason says so.
     evicted = by_fd[(1020, "3")]
     assert evicted["Path"] is None and evicted["DETAILS"] == "path not in name cache"
-    # Holes: descriptors 2, 4, 6-8 ... are closed; 27 is beyond NDFILE (the table grew).
+    # Holes: descriptors 2, 4, 6-8, 10 ... are closed; 27 is beyond NDFILE (the table grew).
     fds = [int(r["FD"]) for r in rows if r["PID"] == 1020 and r["FD"].isdigit()]
-    assert fds == [0, 1, 3, 5, 9, 27]
+    assert fds == [0, 1, 3, 5, 9, 11, 27]
     # The pipe names the process and descriptor at its other end, both ways.
     assert "(pid 1014 fd 1)" in by_fd[(1020, "0")]["DETAILS"]
     assert "(pid 1020 fd 0)" in by_fd[(1014, "1")]["DETAILS"]

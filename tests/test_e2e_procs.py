@@ -6,7 +6,7 @@ Expectations come from the forge manifest; the minidump/full-dump difference
 
 import pytest
 
-from conftest import run_vol, run_vol_json
+from conftest import arch_cases, arch_release_cases, is_minidump, run_vol, run_vol_json
 
 
 def strip(rows):
@@ -34,9 +34,9 @@ def _walk(rows, depth=0):
         yield from _walk(row["__children"], depth + 1)
 
 
-@pytest.mark.parametrize("release", ["14", "15"])
-def test_pstree_nesting(forged_images, release):
-    paths, manifest = forged_images[release]
+@pytest.mark.parametrize("arch,release", arch_release_cases())
+def test_pstree_nesting(arch_images, arch, release):
+    paths, manifest = arch_images(arch, release)
     ppid = {p["pid"]: p["ppid"] for p in manifest["processes"]}
     flat = list(_walk(run_vol_json("-f", paths["vmcore"], "freebsd.pstree")))
     assert sorted(r["PID"] for _d, r in flat) == sorted(ppid)  # every process exactly once
@@ -53,21 +53,21 @@ def test_pstree_nesting(forged_images, release):
             [(0, 0), (1, 1), (2, 712), (3, 901), (4, 903), (5, 904), (6, 1012), (7, 1013), (8, 1021)]
 
 
-@pytest.mark.parametrize("fmt", ["vmcore", "full"])
-def test_psargs(forged_images, fmt):
-    paths, manifest = forged_images["15"]
+@pytest.mark.parametrize("arch,release,fmt", arch_cases(formats=("vmcore", "full", "raw"), releases=("15",)))
+def test_psargs(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.psargs"))
     expected = []
     for p in manifest["processes"]:
         if p["args_source"] == "p_args":
             args, source = " ".join(p["p_args"]), "p_args"
-        elif p["args_source"] == "ps_strings" and fmt == "full":
+        elif p["args_source"] == "ps_strings" and not is_minidump(fmt):
             args, source = " ".join(p["argv"]), "ps_strings"
         else:
             args = source = None
         expected.append({"PID": p["pid"], "PPID": p["ppid"], "COMM": p["comm"], "ARGS": args, "SOURCE": source})
     assert rows == expected
-    assert any(r["SOURCE"] == "ps_strings" for r in rows) == (fmt == "full")
+    assert any(r["SOURCE"] == "ps_strings" for r in rows) == (not is_minidump(fmt))
 
 
 def test_psenv_full_and_minidump(forged_images):

@@ -10,18 +10,32 @@ ring from the minidump's own msgbuf section instead of kernel memory.
 
 import pytest
 
-from conftest import run_vol_json
+from conftest import arch_cases, run_vol_json
+from kvm_vol.arch import for_name
 
-CASES = [("14", "vmcore"), ("15", "full")]
+def _cases():
+    """Per architecture: 14.x as a minidump, 15.0 as a full dump (a raw image where there is none)."""
+    from kvm_vol.forge.arches import formats_for
+
+    picked = []
+    for case in arch_cases():
+        arch, release, fmt = case.values
+        whole = "full" if "full" in formats_for(arch) else "raw"
+        if (release, fmt) in (("14", "vmcore"), ("15", whole)):
+            picked.append(case)
+    return picked
+
+
+CASES = _cases()
 
 
 def strip(rows):
     return [{k: v for k, v in r.items() if k != "__children"} for r in rows]
 
 
-@pytest.mark.parametrize("release,fmt", CASES)
-def test_loadavg_matches_manifest(forged_images, release, fmt):
-    paths, manifest = forged_images[release]
+@pytest.mark.parametrize("arch,release,fmt", CASES)
+def test_loadavg_matches_manifest(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
     (row,) = strip(run_vol_json("-f", paths[fmt], "freebsd.loadavg"))
     la = manifest["loadavg"]
     assert [row["Raw 1 min"], row["Raw 5 min"], row["Raw 15 min"]] == la["ldavg"]
@@ -41,9 +55,9 @@ def expected_dmesg(manifest):
     return rows
 
 
-@pytest.mark.parametrize("release,fmt", CASES)
-def test_dmesg_matches_manifest(forged_images, release, fmt):
-    paths, manifest = forged_images[release]
+@pytest.mark.parametrize("arch,release,fmt", CASES)
+def test_dmesg_matches_manifest(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
     mb = manifest["msgbuf"]
     assert mb["wrapped"] and mb["wseq"] > mb["size"]  # the interesting case: a wrapped ring
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.dmesg"))
@@ -52,27 +66,33 @@ def test_dmesg_matches_manifest(forged_images, release, fmt):
     assert any(r["Priority"] == 6 for r in rows)
 
 
-@pytest.mark.parametrize("release,fmt", [("15", "kdh-vmcore"), ("14", "minidump-v1")])
-def test_dmesg_section_matches_memory(forged_images, release, fmt):
+@pytest.mark.parametrize("arch,release,fmt", [c for c in arch_cases(formats=("kdh-vmcore", "minidump-v1"))
+                                               if (c.values[1], c.values[2]) in (("15", "kdh-vmcore"),
+                                                                                 ("14", "minidump-v1"))])
+def test_dmesg_section_matches_memory(arch_images, arch, release, fmt):
     """The minidump's own copy of the ring, unrolled with the header's msg_wseq."""
-    paths, manifest = forged_images[release]
+    paths, manifest = arch_images(arch, release)
     assert strip(run_vol_json("-f", paths[fmt], "freebsd.dmesg", "--section")) == expected_dmesg(manifest)
 
 
-@pytest.mark.parametrize("release,fmt", CASES)
-def test_swap_matches_manifest(forged_images, release, fmt):
-    paths, manifest = forged_images[release]
+@pytest.mark.parametrize("arch,release,fmt", CASES)
+def test_swap_matches_manifest(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
     sw = manifest["swap"]
+    # Volatility shows object offsets masked to the kernel layer's address bits (48 on amd64;
+    # arm64 kernel addresses have bit 47 clear, so its layer keeps all 64)
+    offset_mask = (1 << for_name(arch).address_bits) - 1
+    kib = manifest["page_size"] // 1024  # swapinfo(8) -k: blocks are pages
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.swap"))
     expected = [
-        {"Device": d["device"], "Total": d["total"] * 4, "Used": d["used"] * 4,
-         "Avail": (d["total"] - d["used"]) * 4, "Capacity": f"{d['used'] / d['total'] * 100:.0f}%",
-         "Flags": {0: "", 4: "CLOSING"}[d["flags"]], "OFFSET (V)": d["offset"] & 0xFFFFFFFFFFFF}
+        {"Device": d["device"], "Total": d["total"] * kib, "Used": d["used"] * kib,
+         "Avail": (d["total"] - d["used"]) * kib, "Capacity": f"{d['used'] / d['total'] * 100:.0f}%",
+         "Flags": {0: "", 4: "CLOSING"}[d["flags"]], "OFFSET (V)": d["offset"] & offset_mask}
         for d in sw["devices"]
     ]
     tot = sw["total"]
-    expected.append({"Device": "Total", "Total": tot["total"] * 4, "Used": tot["used"] * 4,
-                     "Avail": (tot["total"] - tot["used"]) * 4,
+    expected.append({"Device": "Total", "Total": tot["total"] * kib, "Used": tot["used"] * kib,
+                     "Avail": (tot["total"] - tot["used"]) * kib,
                      "Capacity": f"{tot['used'] / tot['total'] * 100:.0f}%", "Flags": "", "OFFSET (V)": None})
     assert rows == expected
     assert len(sw["devices"]) >= 2 and tot["used"] > 0 and any(d["flags"] for d in sw["devices"])

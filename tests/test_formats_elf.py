@@ -166,7 +166,9 @@ def set_phdr(raw, index, **fields):
     (lambda r: r.__setitem__(4, 1), "e_ident[EI_CLASS]", 4, "ELFCLASS64"),
     (lambda r: r.__setitem__(5, 2), "e_ident[EI_DATA]", 5, "little-endian"),
     (lambda r: struct.pack_into("<H", r, 16, 2), "e_type", 16, "not an ELF core (e_type ET_EXEC)"),
-    (lambda r: struct.pack_into("<H", r, 18, 3), "e_machine", 18, "e_machine 3"),
+    (lambda r: struct.pack_into("<H", r, 18, 183), "e_machine", 18, "e_machine 183"),
+    # EM_386 fixes the class: an ELF64 header claiming i386 is damaged at EI_CLASS or e_machine
+    (lambda r: struct.pack_into("<H", r, 18, 3), "e_ident[EI_CLASS]", 4, "i386 full dumps are ELFCLASS32 (1)"),
     (lambda r: struct.pack_into("<H", r, 54, 32), "e_phentsize", 54, "program header size 32"),
     (lambda r: struct.pack_into("<Q", r, 32, 0x2FF0), "e_phoff", 32, "extend past the end"),
     (lambda r: (set_phdr(r, 0, type=PT_NOTE), set_phdr(r, 1, type=6)), "program headers", 64, "no PT_LOAD"),

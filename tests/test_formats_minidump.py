@@ -259,9 +259,9 @@ def test_unreadable_containers_are_named(images, tmp_path):
     junk.write_bytes(KernelDumpHeader(dumplength=4096, dumpextent=4096).pack() + b"\x42" * 4096)
     err = open_error(str(junk))
     assert "not followed by a minidump or an ELF core" in err.message and err.offset == KDH_SIZE
-    arch = tmp_path / "i386"
-    arch.write_bytes(KernelDumpHeader(architecture="i386", dumplength=4096).pack() + bytes(4096))
-    assert "'i386'" in open_error(str(arch)).message
+    arch = tmp_path / "powerpc64"
+    arch.write_bytes(KernelDumpHeader(architecture="powerpc64", dumplength=4096).pack() + bytes(4096))
+    assert "'powerpc64'" in open_error(str(arch)).message
 
 
 def test_empty_file(tmp_path):
@@ -320,7 +320,7 @@ def header_bytes(**fields) -> bytes:
 @pytest.mark.parametrize("data,field,offset,text", [
     (b"minidump FreeBSD/amd64\0\0\3\0", "header", 0, "truncated header"),
     (b"minidump FreeBSD/amd64\0\0" + struct.pack("<I", 3) + bytes(30), "header", 0, "a version 3 header needs 68"),
-    (b"minidump FreeBSD/i386\0\0\0" + bytes(4096), "magic", 0, "not a minidump for this platform"),
+    (b"minidump FreeBSD/powerpc64\0\0\0" + bytes(4096), "magic", 0, "not a minidump for this platform"),
     (header_bytes(version=4), "version", 24, "wrong minidump version. expected 3 got 4"),
     (header_bytes(version=0), "version", 24, "wrong minidump version. expected 3 got 0"),
     (header_bytes(msgbufsize=0x18000), "msgbufsize", 0x1000, "msgbuf section of 0x18000 bytes extends past the end"),

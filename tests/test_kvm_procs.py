@@ -12,16 +12,15 @@ from kvm_vol import freebsd as F
 from kvm_vol.core import amd64 as A
 from kvm_vol.kvm.kvm import KVM
 
-FORMATS = ("vmcore", "minidump-v1", "minidump-v2", "full", "raw", "kdh-vmcore", "kdh-full")
-MINIDUMPS = ("vmcore", "minidump-v1", "minidump-v2", "kdh-vmcore")
+from conftest import arch_cases, arch_release_cases, forge_images, is_minidump
 
 _HANDLES = {}
 
 
-def handle(forged_images, release, fmt):
-    key = (release, fmt)
+def handle(forged_images, release, fmt, arch="amd64"):
+    key = (arch, release, fmt)
     if key not in _HANDLES:
-        paths, _manifest = forged_images[release]
+        paths, _manifest = forge_images(arch, release)
         _HANDLES[key] = KVM.open(paths[fmt])
     return _HANDLES[key]
 
@@ -30,11 +29,14 @@ def by_pid(manifest):
     return {p["pid"]: p for p in manifest["processes"]}
 
 
-@pytest.mark.parametrize("release", ["14", "15"])
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_getprocs_matches_manifest(forged_images, release, fmt):
-    _paths, manifest = forged_images[release]
-    kvm = handle(forged_images, release, fmt)
+@pytest.mark.parametrize("arch,release,fmt", arch_cases())
+def test_getprocs_matches_manifest(arch_images, arch, release, fmt):
+    _paths, manifest = arch_images(arch, release)
+    check_getprocs(handle(arch_images, release, fmt, arch), manifest)
+
+
+def check_getprocs(kvm, manifest):
+    """getprocs(KERN_PROC_PROC) equals the manifest, field by field and thread by thread."""
     recs = kvm.getprocs(F.KERN_PROC_PROC)
     assert [r.pid for r in recs] == [p["pid"] for p in manifest["processes"]]  # allproc order
     for rec in recs:
@@ -68,10 +70,10 @@ def test_manifest_has_job_control_variety(forged_images):
     assert any(p["pgid"] != p["tpgid"] for p in procs if p["tty"] == "pts/0")  # background jobs
 
 
-@pytest.mark.parametrize("release", ["14", "15"])
-def test_getprocs_ops(forged_images, release):
-    _paths, manifest = forged_images[release]
-    kvm = handle(forged_images, release, "vmcore")
+@pytest.mark.parametrize("arch,release", arch_release_cases())
+def test_getprocs_ops(arch_images, arch, release):
+    _paths, manifest = arch_images(arch, release)
+    kvm = handle(arch_images, release, "vmcore", arch)
     procs = manifest["processes"]
 
     def pids(op, arg=0):
@@ -102,16 +104,19 @@ def test_getprocs_ops(forged_images, release):
 def _expected_args(p, fmt):
     if p["args_source"] == "p_args":
         return p["p_args"], "p_args"
-    if p["args_source"] == "ps_strings" and fmt not in MINIDUMPS:
+    if p["args_source"] == "ps_strings" and not is_minidump(fmt):
         return p["argv"], "ps_strings"
     return None, None
 
 
-@pytest.mark.parametrize("release", ["14", "15"])
-@pytest.mark.parametrize("fmt", ["vmcore", "full", "raw", "kdh-vmcore"])
-def test_getargv_getenvv(forged_images, release, fmt):
-    _paths, manifest = forged_images[release]
-    kvm = handle(forged_images, release, fmt)
+@pytest.mark.parametrize("arch,release,fmt", arch_cases(formats=("vmcore", "full", "raw", "kdh-vmcore")))
+def test_getargv_getenvv(arch_images, arch, release, fmt):
+    _paths, manifest = arch_images(arch, release)
+    check_args(handle(arch_images, release, fmt, arch), manifest, fmt)
+
+
+def check_args(kvm, manifest, fmt):
+    """getargv/getenvv of every process: the manifest's strings and source, or the exact reason."""
     for rec in kvm.getprocs(F.KERN_PROC_PROC):
         p = by_pid(manifest)[rec.pid]
         argv, source = _expected_args(p, fmt)
@@ -121,7 +126,7 @@ def test_getargv_getenvv(forged_images, release, fmt):
         if argv is None:
             assert kvm.geterr() == result.reason and result.reason
         env = kvm.env(rec)
-        if p["env"] is not None and p["p_state"] != "PRS_ZOMBIE" and fmt not in MINIDUMPS:
+        if p["env"] is not None and p["p_state"] != "PRS_ZOMBIE" and not is_minidump(fmt):
             assert (env.values, env.source) == (p["env"], "ps_strings"), rec.pid
         else:
             assert env.values is None and env.reason
@@ -131,7 +136,7 @@ def test_getargv_getenvv(forged_images, release, fmt):
                 assert "zombie" in env.reason
             else:
                 # the exact page: the one holding ps_strings
-                page = p["ps_strings"] & ~A.PAGE_MASK
+                page = p["ps_strings"] & ~(manifest["page_size"] - 1)
                 assert env.reason.startswith(f"ps_strings: user page {page:#x} of pid {rec.pid} is not in the dump")
 
 

@@ -48,7 +48,7 @@ def test_corrupted_structures_are_reported_not_fatal(forged_images, tmp_path, ca
     assert [r.devname for r in rows] == ["/dev/ada0p3", "/dev/md99", ""]  # the loop is cut
     assert kvm.getmsgbuf() is None  # a raw image has no msgbuf section to fall back on
     fds_1020 = [f.fd for f in kvm.getfiles(procs[1020])]
-    assert fds_1020 == ["text", "cwd", "root"]  # pseudo entries only; the table was refused
+    assert fds_1020 == ["trace", "text", "cwd", "root"]  # pseudo entries only; the table was refused
     fds_1014 = [f.fd for f in kvm.getfiles(procs[1014])]
     assert fds_1014[:2] == ["text", "ctty"] and not any(fd.isdigit() for fd in fds_1014)
     sh = {f.fd: f for f in kvm.getfiles(procs[904])}

@@ -32,6 +32,13 @@ def _cdef() -> str:
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
+def _sources() -> list:
+    """kvcore.c and every per-architecture translation file (``kv_<arch>.c``) next to it."""
+    import glob
+
+    return [os.path.join(_HERE, "kvcore.c")] + sorted(glob.glob(os.path.join(_HERE, "kv_*.c")))
+
+
 def make_ffibuilder(absolute_paths: bool = False) -> FFI:
     """The builder; setuptools wants source paths relative to setup.py, a scratch build absolute ones."""
     fix = os.path.abspath if absolute_paths else _rel
@@ -40,7 +47,7 @@ def make_ffibuilder(absolute_paths: bool = False) -> FFI:
     builder.set_source(
         "kvm_vol.core._native",
         '#include <stdint.h>\n#include "kvcore.h"\n',
-        sources=[fix(os.path.join(_HERE, "kvcore.c"))],
+        sources=[fix(path) for path in _sources()],
         include_dirs=[fix(_HERE)],
         extra_compile_args=["-O2", "-std=c99", "-D_GNU_SOURCE"] + shlex.split(os.environ.get("KVM_VOL_CFLAGS", "")),
         extra_link_args=shlex.split(os.environ.get("KVM_VOL_LDFLAGS", "")),

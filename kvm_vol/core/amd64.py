@@ -15,7 +15,7 @@ past the end of a dump segment.
 """
 
 import struct
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from kvm_vol.errors import TranslationError
 
@@ -30,7 +30,7 @@ __all__ = [
     "PML4SHIFT", "NKPML4E", "NDMPML4E", "KPML4BASE", "KPML4I", "KPDPI", "DMPML4I",
     "KERNBASE", "VM_MIN_KERNEL_ADDRESS", "DMAP_MIN_ADDRESS", "DMAP_MAX_ADDRESS", "KERNLOAD", "KERNSTART", "PHYS_AVAIL_COUNT",
     "round_page", "is_canonical", "walk",
-    "PageTableTranslator", "MinidumpAmd64Translator",
+    "PageTableTranslator", "MinidumpTranslator", "MinidumpAmd64Translator",
 ]
 
 # --- sizes (sys/amd64/include/param.h) -------------------------------------
@@ -84,6 +84,14 @@ KERNLOAD = 0x200000  #: physical (and KERNBASE-relative) load address of a BIOS-
 #: (``vm/vm_phys.h``, ``amd64/include/vmparam.h``); ``[start, end)`` pairs ended by a pair whose end is 0.
 PHYS_AVAIL_COUNT = 128
 KERNSTART = KERNBASE + KERNLOAD
+#: User address space (vmparam.h, 4-level paging): VM_MAXUSER_ADDRESS_LA48, and
+#: USRSTACK_LA48 = SHAREDPAGE_LA48 = VM_MAXUSER_ADDRESS_LA48 - PAGE_SIZE.
+VM_MAXUSER_ADDRESS_LA48 = 1 << 47
+USRSTACK_LA48 = VM_MAXUSER_ADDRESS_LA48 - PAGE_SIZE
+#: COMPAT_FREEBSD32 (vmparam.h): FREEBSD32_MAXUSER = 4 GiB - PAGE_SIZE, and
+#: FREEBSD32_USRSTACK = FREEBSD32_SHAREDPAGE = FREEBSD32_MAXUSER - PAGE_SIZE.
+FREEBSD32_MAXUSER = (1 << 32) - PAGE_SIZE
+FREEBSD32_USRSTACK = FREEBSD32_MAXUSER - PAGE_SIZE
 
 _U64 = struct.Struct("<Q")
 _ADDR_LIMIT = 1 << 64
@@ -156,6 +164,38 @@ def _read_by_page(va: int, length: int, chunk: Callable[[int, int], bytes], pad:
     return bytes(out)
 
 
+#: A run of a mapping, ``(va, pa, file_offset, length)``: ``length`` bytes contiguous in VA, PA and the file.
+Mapping = Tuple[int, int, int, int]
+
+
+def _merge_runs(pieces: Iterable[Mapping]) -> Iterator[Mapping]:
+    """``pieces`` merged into runs while va, pa and file offset all stay contiguous.
+
+    A :class:`TranslationError` raised by ``pieces`` propagates only after
+    the run before it has been yielded, so a caller that stops at the first
+    invalid page still sees every run up to it.
+    """
+    last: Optional[List[int]] = None
+    it = iter(pieces)
+    while True:
+        try:
+            va, pa, off, n = next(it)
+        except StopIteration:
+            break
+        except TranslationError:
+            if last is not None:
+                yield tuple(last)
+            raise
+        if last is not None and last[0] + last[3] == va and last[1] + last[3] == pa and last[2] + last[3] == off:
+            last[3] += n
+        else:
+            if last is not None:
+                yield tuple(last)
+            last = [va, pa, off, n]
+    if last is not None:
+        yield tuple(last)
+
+
 class PageTableTranslator:
     """Kernel (or process) VA → PA through real page tables in physical memory.
 
@@ -194,7 +234,52 @@ class PageTableTranslator:
         return _read_by_page(va, length, self._chunk, pad)
 
 
-class MinidumpAmd64Translator:
+class MinidumpTranslator:
+    """What the minidump translators of every architecture share.
+
+    A minidump keeps no page-table tree, only its "pmap" section indexed from
+    the header's ``kernbase``: ``pmap_entry(i)`` returns entry ``i`` (or
+    ``None`` past the section), ``phys`` locates dumped physical pages and
+    ``read_file(offset, n)`` reads the dump file.  A subclass supplies
+    ``kvatop(va) -> (file_offset, pa, bytes left)``; reads go through it one
+    4 KiB page at a time.
+    """
+
+    def __init__(
+        self,
+        kernbase: int,
+        pmap_entry: Callable[[int], Optional[int]],
+        pmap_entries: int,
+        phys: "BitmapIndex",
+        read_file: Callable[[int, int], bytes],
+    ):
+        self.kernbase = kernbase
+        self.pmap_entry = pmap_entry
+        self.pmap_entries = pmap_entries
+        self.phys = phys
+        self.read_file = read_file
+
+    def kvatop(self, va: int) -> Tuple[int, int, int]:
+        raise NotImplementedError
+
+    def _chunk(self, va: int, n: int) -> bytes:
+        off, pa, _avail = self.kvatop(va)
+        data = self.read_file(off, n)
+        if len(data) != n:
+            raise TranslationError(va, f"physical address {pa:#x}: file ends at offset {off + len(data):#x}")
+        return data
+
+    def read(self, va: int, length: int, pad: bool = False) -> bytes:
+        """Bytes at ``va``, copied page by page.
+
+        Raises :class:`TranslationError` naming the first page that cannot
+        be read (not libkvm's all-or-nothing ``-1`` with the last error
+        text), or with ``pad`` fills such pages with zeros.
+        """
+        return _read_by_page(va, length, self._chunk, pad)
+
+
+class MinidumpAmd64Translator(MinidumpTranslator):
     """Kernel VA → file offset for an amd64 minidump (``vmcore-formats.md`` §5).
 
     The minidump keeps no page-table tree, only the "pmap" section: for v1 a
@@ -220,14 +305,10 @@ class MinidumpAmd64Translator:
     ):
         if version not in (1, 2, 3):
             raise ValueError(f"amd64 minidump version {version} is not 1, 2 or 3")
+        super().__init__(kernbase, pmap_entry, pmap_entries, phys, read_file)
         self.version = version
-        self.kernbase = kernbase
         self.dmapbase = dmapbase
         self.dmapend = dmapend
-        self.pmap_entry = pmap_entry
-        self.pmap_entries = pmap_entries
-        self.phys = phys
-        self.read_file = read_file
 
     def _kva_page(self, va: int) -> int:
         """Physical address of the 4 KiB page that maps ``va >= kernbase``."""
@@ -281,19 +362,3 @@ class MinidumpAmd64Translator:
         if off is None:
             raise TranslationError(va, missing)
         return off + offset, page + offset, PAGE_SIZE - offset
-
-    def _chunk(self, va: int, n: int) -> bytes:
-        off, pa, _avail = self.kvatop(va)
-        data = self.read_file(off, n)
-        if len(data) != n:
-            raise TranslationError(va, f"physical address {pa:#x}: file ends at offset {off + len(data):#x}")
-        return data
-
-    def read(self, va: int, length: int, pad: bool = False) -> bytes:
-        """Bytes at ``va``, copied page by page.
-
-        Raises :class:`TranslationError` naming the first page that cannot
-        be read (not libkvm's all-or-nothing ``-1`` with the last error
-        text), or with ``pad`` fills such pages with zeros.
-        """
-        return _read_by_page(va, length, self._chunk, pad)

@@ -10,7 +10,9 @@ Two objects do all the work:
   addresses (the pmap section from ``kernbase``, the direct map), offering
   ``translate``, ``read`` (one call for any length, the first failing page
   reported exactly) and ``mapping`` (a VA range as runs
-  ``(va, pa, file_offset, length)``).
+  ``(va, pa, file_offset, length)``).  Other architectures' spaces come
+  from the same call with ``arch=`` (``engine_i386.py``: the i386 non-PAE /
+  PAE walks and the i386 minidump's PTE array) and reuse these loops.
 
 The C implementation (``kvcore.c``, bound with cffi at install time) and the
 twin (``amd64.py``/``bitmap.py``/``Dump.read_phys`` composed here) raise the
@@ -30,20 +32,17 @@ import logging
 import os
 import threading
 from bisect import bisect_right
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from kvm_vol.core.amd64 import (
-    NBPDR, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PDRSHIFT, PG_FRAME, PG_PS, PG_V, MinidumpAmd64Translator,
-    PageTableTranslator, _read_by_page, is_canonical,
+    NBPDR, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PDRSHIFT, PG_FRAME, PG_PS, PG_V, Mapping, MinidumpAmd64Translator,
+    PageTableTranslator, _merge_runs, _read_by_page, is_canonical,
 )
 from kvm_vol.errors import TranslationError
 
 __all__ = ["native_module", "implementation", "use_native", "open_phys", "open_space", "Mapping"]
 
 log = logging.getLogger("kvm_vol.core")
-
-#: ``(va, pa, file_offset, length)``: ``length`` bytes contiguous in VA, PA and the file.
-Mapping = Tuple[int, int, int, int]
 
 _U64_MAX = (1 << 64) - 1
 _MASK48 = (1 << 48) - 1
@@ -232,6 +231,14 @@ class _TwinSpace(_Shared):
             table = entry & PG_FRAME
         return PAGE_SIZE
 
+    def _step_to_end(self, va: int, remaining: int) -> int:
+        """How far to step from ``va`` when everything above it fails: to the
+        next canonical address (the upper half), else past the rest."""
+        hi = 0xFF00000000000000 if self.levels == 5 else 0xFFFF800000000000
+        if not is_canonical(va, self.levels) and not self.canon48 and va < hi:
+            return hi - va
+        return remaining
+
     def translate(self, va: int) -> Tuple[int, int]:
         """``(pa, file_offset)`` of ``va``; raises :class:`TranslationError`."""
         cva = _sext48(va) if self.canon48 else va
@@ -255,7 +262,10 @@ class _TwinSpace(_Shared):
         return _read_by_page(va, length, self._chunk, pad)
 
     def mapping(self, va: int, length: int, ignore_errors: bool = False) -> Iterator[Mapping]:
-        last: Optional[List[int]] = None
+        yield from _merge_runs(self._pieces(va, length, ignore_errors))
+
+    def _pieces(self, va: int, length: int, ignore_errors: bool) -> Iterator[Mapping]:
+        """The mapped pieces of ``[va, va+length)``, one translation each, for :meth:`mapping`."""
         pos = 0
         while pos < length:
             cur = va + pos
@@ -264,28 +274,17 @@ class _TwinSpace(_Shared):
                 pa, off, avail = self._locate(cva)
             except TranslationError as exc:
                 if not ignore_errors:
-                    if last is not None:
-                        yield tuple(last)
                     raise TranslationError(cur, exc.reason) from None
                 skip = self._skip(cva)
                 if skip == 0:
-                    hi = 0xFF00000000000000 if self.levels == 5 else 0xFFFF800000000000
-                    step = hi - cva if (not is_canonical(cva, self.levels) and not self.canon48 and cva < hi) \
-                        else length - pos
+                    step = self._step_to_end(cva, length - pos)
                 else:
                     step = skip - (cva & (skip - 1))
                 pos = min(length, pos + step)
                 continue
             take = min(avail, length - pos)
-            if last is not None and last[0] + last[3] == cur and last[1] + last[3] == pa and last[2] + last[3] == off:
-                last[3] += take
-            else:
-                if last is not None:
-                    yield tuple(last)
-                last = [cur, pa, off, take]
+            yield cur, pa, off, take
             pos += take
-        if last is not None:
-            yield tuple(last)
 
 
 # ======================================================================
@@ -321,6 +320,18 @@ def _reason(code: int, addr: int, detail: int, detail2: int, what: str) -> str:
         return "pte not valid"
     if code == lib.KV_E_MD_PDE:
         return "pde not valid"
+    if code == lib.KV_E_VA32:
+        from kvm_vol.core.i386 import REASON_VA32
+
+        return REASON_VA32
+    if code in (lib.KV_E_A64_DESC, lib.KV_E_A64_BLOCK, lib.KV_E_A64_NOTABLE):
+        from kvm_vol.core import arm64
+
+        if code == lib.KV_E_A64_DESC:
+            return arm64.reason_descriptor(detail)
+        if code == lib.KV_E_A64_BLOCK:
+            return arm64.reason_block(detail, detail2)
+        return arm64.reason_no_table(detail)
     return f"translation error {code}"
 
 
@@ -353,6 +364,8 @@ class _NativePhys(_Shared):
             self._keep.append(bitmap)
             rc = lib.kv_phys_set_bitmap(self._h, bitmap, len(index._bitmap), ffi.new("uint64_t[]", table or [0]),
                                         len(avail.ranges), index.sparse_off, index.present)
+            if rc == 0 and index.page_size != PAGE_SIZE:  # 16 KiB pages: arm64 minidump v3
+                rc = lib.kv_phys_set_page_shift(self._h, index.page_size.bit_length() - 1)
         else:
             runs = dump.phys_runs()
             rc = lib.kv_phys_set_runs(self._h, ffi.new("uint64_t[]", [v for run in runs for v in run] or [0]),
@@ -422,6 +435,11 @@ class _NativeSpace(_Shared):
             if lib.kv_space_set_minidump(self._h, hdr.version, hdr.kernbase, hdr.dmapbase, hdr.dmapend,
                                          ffi.from_buffer(pmap), dump.pmap_entries) != 0:
                 raise MemoryError("kvm-vol C core: cannot copy the pmap section")
+        self._bind()
+
+    def _bind(self) -> None:
+        """Cache what the hot read path needs from the space handle ``self._h`` (any architecture)."""
+        ffi, lib = _native.ffi, _native.lib
         self._err = lib.kv_space_error(self._h)
         self._pa = ffi.new("uint64_t *")
         self._off = ffi.new("uint64_t *")
@@ -481,31 +499,23 @@ class _NativeSpace(_Shared):
         if va < 0:
             raise ValueError(f"negative address {va:#x}")
         length = min(length, _U64_MAX + 1 - va)  # nothing maps past 2**64 (the twin finds the same)
+        yield from _merge_runs(self._batches(va, length, ignore_errors))
+
+    def _batches(self, va: int, length: int, ignore_errors: bool) -> Iterator[Mapping]:
+        """kv_map's runs of ``[va, va+length)``, batch after batch (:meth:`mapping` merges across batches)."""
         ffi, lib = _native.ffi, _native.lib
         out = ffi.new("uint64_t[]", 4 * _MAP_BATCH)
         count, done, err = ffi.new("uint64_t *"), ffi.new("uint64_t *"), ffi.new("kv_err *")
-        pending: Optional[List[int]] = None
         pos = 0
         while pos < length:
             rc = lib.kv_map(self._h, va + pos, min(length - pos, _U64_MAX), 1 if ignore_errors else 0, out, _MAP_BATCH,
                             count, done, err)
             flat = ffi.unpack(out, 4 * count[0])
             for i in range(0, len(flat), 4):
-                run = flat[i:i + 4]
-                if pending is not None and pending[0] + pending[3] == run[0] and pending[1] + pending[3] == run[1] \
-                        and pending[2] + pending[3] == run[2]:
-                    pending[3] += run[3]
-                    continue
-                if pending is not None:
-                    yield tuple(pending)
-                pending = run
+                yield tuple(flat[i:i + 4])
             if rc != 0:
-                if pending is not None:
-                    yield tuple(pending)
                 self._raise(err)
             pos += done[0]
-        if pending is not None:
-            yield tuple(pending)
 
 
 # ======================================================================
@@ -526,12 +536,29 @@ def open_phys(dump, path: Optional[str] = None, *, data: Optional[bytes] = None,
     return _TwinPhys(dump)
 
 
-def open_space(phys, root: int, levels: int = 4, *, canon48: bool = False, minidump: bool = False):
+def open_space(phys, root: int, levels: int = 4, *, canon48: bool = False, minidump: bool = False,
+               arch: str = "amd64", pae: bool = False, ttbr1: Optional[int] = None, page_size: int = PAGE_SIZE):
     """Address space over ``phys`` rooted at the PML4 (PML5) page ``root``.
 
     ``minidump``: kernel VA and the direct map follow the dump's pmap section
     (the dump must be a minidump); ``canon48``: addresses below 2**48 with
     bit 47 set are sign-extended first (Volatility's 48-bit kernel space).
+    ``arch="i386"``: the i386 walk from the page directory (``pae`` false)
+    or PDPT (``pae`` true) ``root``, :mod:`kvm_vol.core.engine_i386`;
+    ``levels`` and ``canon48`` do not apply there.
+    ``arch="arm64"``: the AArch64 walk with ``page_size`` pages (4 or 16 KiB),
+    ``root`` the TTBR0 (user) L0 table and ``ttbr1`` the kernel's (``root``
+    when omitted: the kernel's own space), :mod:`kvm_vol.core.engine_arm64`.
     """
+    if arch == "i386":
+        from kvm_vol.core import engine_i386
+
+        return engine_i386.open_space(phys, root, pae=pae, minidump=minidump)
+    if arch == "arm64":
+        from kvm_vol.core import engine_arm64
+
+        return engine_arm64.open_space(phys, root, ttbr1=ttbr1, page_size=page_size, minidump=minidump)
+    if arch != "amd64":
+        raise ValueError(f"no translation core for architecture {arch!r}")
     cls = _NativeSpace if phys.native else _TwinSpace
     return cls(phys, root, levels, canon48, minidump)

@@ -7,6 +7,10 @@
  * anybody can craft), so every access to the file, the bitmap, the pmap
  * section and the run table is bounds-checked, and every loop is bounded by
  * the length the caller asked for.
+ *
+ * Per-architecture translation lives in kv_<arch>.c (kv_i386.c: the i386
+ * walks and minidump), reached from translate() by kv_space.arch; the
+ * structures they share are in kv_internal.h.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,11 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kvcore.h"
+#include "kv_internal.h"
 
-#define PAGE_SHIFT 12
-#define PAGE_SIZE (1ULL << PAGE_SHIFT)
-#define PAGE_MASK (PAGE_SIZE - 1)
 #define PDRSHIFT 21
 #define NBPDR (1ULL << PDRSHIFT)
 #define PDRMASK (NBPDR - 1)
@@ -39,39 +40,7 @@
 
 enum { PHYS_NONE = 0, PHYS_RUNS = 1, PHYS_BITMAP = 2 };
 
-struct kv_phys {
-    int fd;
-    const uint8_t *data; /* whole file mapped (or caller memory), or NULL: pread */
-    uint64_t size;
-    int mapped; /* data came from our mmap() */
-    int kind;
-    /* runs */
-    uint64_t *runs;
-    uint64_t nruns;
-    /* bitmap */
-    const uint8_t *bitmap;
-    uint64_t nbytes, nbits;
-    uint64_t *super;
-    uint16_t *sub;
-    uint64_t nsuper, nsub;
-    uint64_t *avail; /* first pfn, end pfn, first bit */
-    uint64_t navail;
-    uint64_t sparse_off, present;
-};
-
-struct kv_space {
-    const kv_phys *phys;
-    uint64_t root;
-    int levels;
-    int canon48;
-    int md;
-    int md_version;
-    uint64_t kernbase, dmapbase, dmapend;
-    uint64_t *pmap;
-    uint64_t pmap_entries;
-    kv_err err;
-    uint8_t *scratch; /* KV_SCRATCH bytes */
-};
+/* struct kv_phys and struct kv_space: kv_internal.h (shared with the architecture files) */
 
 static void set_err(kv_err *e, int code, uint64_t addr, uint64_t detail, uint64_t detail2)
 {
@@ -313,15 +282,17 @@ static int phys_find(const kv_phys *p, uint64_t pa, uint64_t *off, uint64_t *ava
 {
     if (p->kind == PHYS_BITMAP) {
         uint64_t bit;
-        if (!bit_id(p, pa >> PAGE_SHIFT, &bit) || bit >= p->nbits)
+        int shift = p->page_shift ? p->page_shift : PAGE_SHIFT; /* 14: 16 KiB arm64 minidump */
+        uint64_t pmask = (1ULL << shift) - 1;
+        if (!bit_id(p, pa >> shift, &bit) || bit >= p->nbits)
             return 0;
         if (!((p->bitmap[bit >> 3] >> (bit & 7)) & 1))
             return 0;
         uint64_t r = rank(p, bit);
         if (r >= p->present)
             return 0;
-        *off = p->sparse_off + r * PAGE_SIZE + (pa & PAGE_MASK);
-        *avail = PAGE_SIZE - (pa & PAGE_MASK);
+        *off = p->sparse_off + (r << shift) + (pa & pmask);
+        *avail = (1ULL << shift) - (pa & pmask);
         return 1;
     }
     if (p->kind == PHYS_RUNS) {
@@ -402,10 +373,32 @@ int kv_phys_read(const kv_phys *p, uint64_t pa, uint64_t n, uint8_t *dst, int pa
 
 /* ----------------------------------------------------------------- space */
 
-kv_space *kv_space_new(const kv_phys *p, uint64_t root, int levels, int canon48)
+/* The helpers the architecture files share (kv_internal.h). */
+void kv_set_err(kv_err *e, int code, uint64_t addr, uint64_t detail, uint64_t detail2)
 {
-    if (levels != 4 && levels != 5)
-        return NULL;
+    set_err(e, code, addr, detail, detail2);
+}
+
+int kv_phys_set_page_shift(kv_phys *p, int page_shift)
+{
+    if (page_shift != 12 && page_shift != 14)
+        return -1;
+    p->page_shift = page_shift;
+    return 0;
+}
+
+int kv_phys_find(const kv_phys *p, uint64_t pa, uint64_t *off, uint64_t *avail)
+{
+    return phys_find(p, pa, off, avail);
+}
+
+uint64_t kv_file_copy(const kv_phys *p, uint64_t off, uint64_t n, uint8_t *dst)
+{
+    return file_copy(p, off, n, dst);
+}
+
+kv_space *kv_space_alloc(const kv_phys *p, uint64_t root, int arch, int levels)
+{
     kv_space *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
@@ -415,8 +408,18 @@ kv_space *kv_space_new(const kv_phys *p, uint64_t root, int levels, int canon48)
     }
     s->phys = p;
     s->root = root;
+    s->arch = arch;
     s->levels = levels;
-    s->canon48 = canon48;
+    return s;
+}
+
+kv_space *kv_space_new(const kv_phys *p, uint64_t root, int levels, int canon48)
+{
+    if (levels != 4 && levels != 5)
+        return NULL;
+    kv_space *s = kv_space_alloc(p, root, KV_ARCH_AMD64, levels);
+    if (s)
+        s->canon48 = canon48;
     return s;
 }
 
@@ -432,16 +435,24 @@ void kv_space_free(kv_space *s)
 uint8_t *kv_space_scratch(kv_space *s) { return s->scratch; }
 kv_err *kv_space_error(kv_space *s) { return &s->err; }
 
-int kv_space_set_minidump(kv_space *s, int version, uint64_t kernbase, uint64_t dmapbase, uint64_t dmapend,
-                          const uint8_t *pmap, uint64_t nentries)
+int kv_space_set_pmap(kv_space *s, int version, uint64_t kernbase, const uint8_t *pmap, uint64_t nentries,
+                      int width)
 {
-    if (version < 1 || version > 3 || nentries > UINT64_MAX / 8)
+    if (nentries > UINT64_MAX / 8)
         return -1;
     uint64_t *copy = NULL;
     if (nentries) {
         if (!(copy = malloc((size_t)(nentries * 8))))
             return -1;
-        memcpy(copy, pmap, (size_t)(nentries * 8));
+        if (width == 8) {
+            memcpy(copy, pmap, (size_t)(nentries * 8));
+        } else {
+            for (uint64_t i = 0; i < nentries; i++) {
+                uint32_t e;
+                memcpy(&e, pmap + i * 4, 4);
+                copy[i] = e;
+            }
+        }
     }
     free(s->pmap);
     s->pmap = copy;
@@ -449,6 +460,14 @@ int kv_space_set_minidump(kv_space *s, int version, uint64_t kernbase, uint64_t 
     s->md = 1;
     s->md_version = version;
     s->kernbase = kernbase;
+    return 0;
+}
+
+int kv_space_set_minidump(kv_space *s, int version, uint64_t kernbase, uint64_t dmapbase, uint64_t dmapend,
+                          const uint8_t *pmap, uint64_t nentries)
+{
+    if (version < 1 || version > 3 || kv_space_set_pmap(s, version, kernbase, pmap, nentries, 8))
+        return -1;
     s->dmapbase = dmapbase;
     s->dmapend = dmapend;
     return 0;
@@ -468,6 +487,10 @@ static int canonical(uint64_t va, int levels)
 static int translate(const kv_space *s, uint64_t va, uint64_t *pa, uint64_t *off, uint64_t *avail,
                      uint64_t *skip, kv_err *e)
 {
+    if (s->arch == KV_ARCH_I386)
+        return kv_i386_translate(s, va, pa, off, avail, skip, e);
+    if (s->arch == KV_ARCH_ARM64)
+        return kv_arm64_translate(s, va, pa, off, avail, skip, e);
     const kv_phys *p = s->phys;
     uint64_t page_left = PAGE_SIZE - (va & PAGE_MASK);
     *skip = PAGE_SIZE;
@@ -595,7 +618,8 @@ static int read_chunk(const kv_space *s, uint64_t va, uint64_t n, uint8_t *dst, 
     *done = 0;
     if (translate(s, va, &pa, &off, &avail, &skip, e) != 0)
         return -1;
-    int md = s->md && (va >= s->kernbase || (s->dmapbase <= va && va < s->dmapend));
+    int md = s->arch == KV_ARCH_ARM64 ? kv_arm64_is_md(s, va)
+                                      : s->md && (va >= s->kernbase || (s->dmapbase <= va && va < s->dmapend));
     if (md) {
         uint64_t got = file_copy(s->phys, off, n, dst);
         if (got != n) {

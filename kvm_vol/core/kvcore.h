@@ -25,6 +25,15 @@
 #define KV_E_MD_PTE 12       /* "pte not valid" in the minidump rules */
 #define KV_E_MD_PDE 13       /* "pde not valid" in the minidump rules */
 #define KV_E_ARG 14          /* bad argument (negative length, levels not 4/5) */
+#define KV_E_VA32 15         /* "address beyond the 32-bit address space" (i386) */
+#define KV_E_A64_DESC 16     /* detail = level 0..3: "l<level> descriptor not valid" (arm64) */
+#define KV_E_A64_BLOCK 17    /* detail = level, detail2 = page size: "l1 block descriptor not allowed with 16 KiB pages" */
+#define KV_E_A64_NOTABLE 18  /* detail = half (0 TTBR0, 1 TTBR1): "no TTBR0 (user) page table in this address space" */
+
+/* kv_space architectures (kv_space.arch). */
+#define KV_ARCH_AMD64 0
+#define KV_ARCH_I386 1
+#define KV_ARCH_ARM64 2
 
 typedef struct {
     int code;
@@ -66,6 +75,23 @@ void kv_space_free(kv_space *s);
 /* pmap: nentries u64, copied. */
 int kv_space_set_minidump(kv_space *s, int version, uint64_t kernbase, uint64_t dmapbase, uint64_t dmapend,
                           const uint8_t *pmap, uint64_t nentries);
+/* i386 (kv_i386.c): the non-PAE 2-level (pae 0) or PAE 3-level walk from
+ * root (the page directory, or the 32-byte-aligned PDPT); with
+ * kv_space_set_minidump_i386, the minidump's flat PTE array from kernbase
+ * (nentries entries of 4 bytes, or 8 with PAE; copied) for va >= kernbase. */
+kv_space *kv_space_new_i386(const kv_phys *p, uint64_t root, int pae);
+int kv_space_set_minidump_i386(kv_space *s, uint64_t kernbase, const uint8_t *pmap, uint64_t nentries);
+/* arm64 (kv_arm64.c): the L0-L3 walk with page_shift 12 (4 KiB granule) or
+ * 14 (16 KiB); ttbr0/ttbr1 are the L0 tables of the user and kernel halves
+ * (has_ttbr0 0: the kernel's own space, user addresses have no table).
+ * kv_space_set_minidump_arm64: libkvm's minidump rules (direct map first,
+ * pa = va - dmapbase + dmapphys; then one L3 entry per page from kernbase,
+ * nentries u64, copied).  kv_phys_set_page_shift: the page size of a
+ * minidump bitmap (default 12). */
+kv_space *kv_space_new_arm64(const kv_phys *p, uint64_t ttbr0, int has_ttbr0, uint64_t ttbr1, int page_shift);
+int kv_space_set_minidump_arm64(kv_space *s, int version, uint64_t kernbase, uint64_t dmapphys, uint64_t dmapbase,
+                                uint64_t dmapend, const uint8_t *pmap, uint64_t nentries);
+int kv_phys_set_page_shift(kv_phys *p, int page_shift);
 /* 0: *pa and *off of va (valid to the end of its 4 KiB page); -1: err. */
 int kv_translate(const kv_space *s, uint64_t va, uint64_t *pa, uint64_t *off, kv_err *err);
 /* Copy n bytes at va into dst.  0 on success; -1 with err naming the first

@@ -34,14 +34,19 @@ Built the way the kernel builds them, on the release's layouts:
   devfs vnode of their terminal (:meth:`Files.adopt_ttys`), so every member
   of a session shows a ``ctty`` entry, zombies included.
 
+Shared memory, semaphores, pty masters, socket queues, ktrace and
+memory-mapped files are written by :mod:`kvm_vol.forge.fileextras`.
+
 The expected ``freebsd.files`` rows go to the manifest (``files``: pid ->
-rows) from the specification, formatted independently of kvm-vol's readers.
+rows; ``mmap``: pid -> the rows ``--mmap`` adds) from the specification,
+formatted independently of kvm-vol's readers.
 """
 
 import ipaddress
 from typing import Any, Dict, List, Optional, Tuple
 
 from kvm_vol import freebsd as F
+from kvm_vol.forge import fileextras as X
 from kvm_vol.forge.kernel import Kernel
 
 NDFILE = 20  # sys/filedesc.h: the table embedded in struct filedesc0
@@ -95,7 +100,7 @@ class Files:
         m.set_fields(vp, "vnode", values)
         # TAILQ_INIT(&vp->v_cache_dst): tqh_last = &tqh_first
         dst = vp + self.L.offsetof("vnode", "v_cache_dst")
-        m.write_kva(dst + 8, dst.to_bytes(8, "little"))
+        m.write_ptr(dst + m.ptr_size, dst)
         self.vtypes[vp] = vtype
         return vp
 
@@ -119,17 +124,18 @@ class Files:
         ncp = m.uma_alloc(L.sizeof("namecache") + len(raw) + 1, align=8)
         m.set_fields(ncp, "namecache", {"nc_dvp": dvp, "n_un.nu_vp": vp, "nc_flag": 0, "nc_nlen": len(raw)})
         m.write_kva(ncp + L.offsetof("namecache", "nc_name"), raw + b"\0")
-        # TAILQ_INSERT_HEAD(&vp->v_cache_dst, ncp, nc_dst)
+        # TAILQ_INSERT_HEAD(&vp->v_cache_dst, ncp, nc_dst): (tqe_next, tqe_prev), (tqh_first, tqh_last)
+        ptr = m.ptr_size
         dst = vp + L.offsetof("vnode", "v_cache_dst")
         nc_dst = ncp + L.offsetof("namecache", "nc_dst")
-        first = int.from_bytes(m.read_kva(dst, 8), "little")
-        m.write_kva(nc_dst, first.to_bytes(8, "little"))
+        first = m.read_ptr(dst)
+        m.write_ptr(nc_dst, first)
         if first:
-            m.write_kva(first + L.offsetof("namecache", "nc_dst") + 8, nc_dst.to_bytes(8, "little"))
+            m.write_ptr(first + L.offsetof("namecache", "nc_dst") + ptr, nc_dst)
         else:
-            m.write_kva(dst + 8, nc_dst.to_bytes(8, "little"))
-        m.write_kva(dst, ncp.to_bytes(8, "little"))
-        m.write_kva(nc_dst + 8, dst.to_bytes(8, "little"))
+            m.write_ptr(dst + ptr, nc_dst)
+        m.write_ptr(dst, ncp)
+        m.write_ptr(nc_dst + ptr, dst)
         # LIST_INSERT_HEAD(&dvp->v_cache_src, ncp, nc_src)
         self.k._list_insert_head(dvp + L.offsetof("vnode", "v_cache_src"), ncp, L.offsetof("namecache", "nc_src"))
         if self.vtypes.get(vp) == "VDIR":
@@ -146,13 +152,18 @@ class Files:
         parent_path, name = path.rsplit("/", 1)
         parent_path = parent_path or "/"
         dvp = self.node(parent_path, "VDIR")
-        mp = self.m.read_kva(dvp + self.L.offsetof("vnode", "v_mount"), 8)
+        mp = self.m.read_ptr(dvp + self.L.offsetof("vnode", "v_mount"))
         rdev = self._cdev(cdev) if cdev else 0
-        vp = self._vnode(vtype, int.from_bytes(mp, "little"), rdev=rdev)
+        vp = self._vnode(vtype, mp, rdev=rdev)
         if cached:
             self._cache_enter(dvp, name, vp)
         self.vnodes[path] = vp
         return vp
+
+    def has_address_space(self, pid: int) -> bool:
+        """Whether ``pid`` has a user vmspace of its own (not vmspace0, not a zombie's)."""
+        vm = self.m.read_ptr(self.k.procs[pid] + self.L.offsetof("proc", "p_vmspace"))
+        return bool(vm) and vm != self.m.symbols.get("vmspace0")
 
     def adopt_ttys(self) -> None:
         """Make each session's ``s_ttyvp`` the devfs vnode of its terminal.
@@ -167,7 +178,7 @@ class Files:
         m, L = self.m, self.L
 
         def ptr(va: int, struct: str, field: str) -> int:
-            return int.from_bytes(m.read_kva(va + L.offsetof(struct, field), 8), "little") if va else 0
+            return m.read_ptr(va + L.offsetof(struct, field)) if va else 0
 
         for pid, va in sorted(self.k.procs.items()):
             # kern_proc_filedesc_out() reports p_pgrp->pg_session->s_ttyvp, P_CONTROLT or not.
@@ -184,7 +195,7 @@ class Files:
                 m.set_fields(vp, "vnode", {"v_type": L.enum_value(self.vtype_enum, "VCHR"), "v_mount": devfs,
                                            "v_rdev": cdev, "v_usecount": 1, "v_holdcnt": 1})
                 dst = vp + L.offsetof("vnode", "v_cache_dst")
-                m.write_kva(dst + 8, dst.to_bytes(8, "little"))  # TAILQ_INIT
+                m.write_ptr(dst + m.ptr_size, dst)  # TAILQ_INIT
                 self.vtypes[vp] = "VCHR"
                 self._cache_enter(dvp, path.rsplit("/", 1)[1], vp)
                 self.vnodes[path] = vp
@@ -314,7 +325,7 @@ class Files:
         table = m.uma_alloc(L.offsetof("fdescenttbl", "fdt_ofiles") + nfiles * esize)
         m.set_fields(table, "fdescenttbl", {"fdt_nfiles": nfiles})
         for fd, (fp, _row) in fds.items():
-            m.write_kva(table + L.offsetof("fdescenttbl", "fdt_ofiles") + fd * esize, fp.to_bytes(8, "little"))
+            m.write_ptr(table + L.offsetof("fdescenttbl", "fdt_ofiles") + fd * esize, fp)  # fde_file
         free = next(i for i in range(nfiles + 1) if i not in fds)
         fdp = m.alloc_struct("filedesc", {"fd_files": table, "fd_refcnt": 1, "fd_holdcnt": 1,
                                           "fd_freefile": free})
@@ -354,6 +365,8 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
     pids = set(kernel.procs)
     RW, R, W = F.FREAD | F.FWRITE, F.FREAD, F.FWRITE
     tty = lambda n: fs.vnode_file(f"/dev/{n}", RW, vtype="VCHR", cdev=n)  # noqa: E731
+    RX, RW_ = F.VM_PROT_READ | F.VM_PROT_EXECUTE, F.VM_PROT_READ | F.VM_PROT_WRITE
+    mmaps: Dict[int, List[Dict[str, Any]]] = {}  # pid -> expected rows of freebsd.files --mmap
 
     # Every live kernel process has an empty table and "/" as cwd and root.
     for pid in sorted(pids):
@@ -373,10 +386,10 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
         fds = {0: fd0, 1: fd0, 2: fd0,
                3: (fs.file(F.DTYPE_SOCKET, RW, data=log_so),
                    {"TYPE": "SOCKET", "FLAGS": flag_string(RW), "OFFSET": 0, "VTYPE": None, "Path": None,
-                    "DETAILS": "local DGRAM /var/run/log"}),
+                    "DETAILS": "local DGRAM /var/run/log " + X.buffers(fs, log_so, rcv=312)}),
                5: (fs.file(F.DTYPE_SOCKET, RW, data=udp),
                    {"TYPE": "SOCKET", "FLAGS": flag_string(RW), "OFFSET": 0, "VTYPE": None, "Path": None,
-                    "DETAILS": udp_details}),
+                    "DETAILS": udp_details + " " + X.buffers(fs, udp)}),
                7: fs.vnode_file("/var/log/messages", W | F.O_APPEND, offset=184321)}
         fs.process(562, "/usr/sbin/syslogd", "/", fds)
 
@@ -388,17 +401,21 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
         sock = lambda so, d: (fs.file(F.DTYPE_SOCKET, RW, data=so),  # noqa: E731
                               {"TYPE": "SOCKET", "FLAGS": flag_string(RW), "OFFSET": 0, "VTYPE": None,
                                "Path": None, "DETAILS": d})
+        d4 += " " + X.listening(fs, l4, qlimit=128)  # sshd's SSH_LISTEN_BACKLOG
+        d6 += " " + X.listening(fs, l6, qlimit=128)
         fs.process(712, "/usr/sbin/sshd", "/", {0: null, 1: null, 2: null, 3: sock(l4, d4), 4: sock(l6, d6)})
     if 903 in pids:
         est, dest = fs.inet_socket("TCP", "10.0.2.15", 22, "192.0.2.77", 51234)
         client, _cu = fs.unix_socket(2, None, peer=log_unp)  # connected to syslogd's /var/run/log
         fds = {3: (fs.file(F.DTYPE_SOCKET, RW, data=est),
                    {"TYPE": "SOCKET", "FLAGS": flag_string(RW), "OFFSET": 0, "VTYPE": None, "Path": None,
-                    "DETAILS": dest}),
+                    "DETAILS": dest + " " + X.buffers(fs, est, snd=52)}),
                4: (fs.file(F.DTYPE_SOCKET, RW, data=client),
                    {"TYPE": "SOCKET", "FLAGS": flag_string(RW), "OFFSET": 0, "VTYPE": None, "Path": None,
-                    "DETAILS": "local DGRAM -> /var/run/log"}),
+                    "DETAILS": "local DGRAM -> /var/run/log " + X.buffers(fs, client)}),
                6: tty("pts/0")}
+        if 904 in pids:  # the master side of the session's pseudo-terminal (posix_openpt)
+            fds[5] = X.pts_master(fs, *X.session_tty(fs, 904), RW)
         fs.process(903, "/usr/sbin/sshd", "/", fds)
 
     # The nginx worker runs in a jail: its root and jail directories are the jail's root.
@@ -407,7 +424,8 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
         fs.process(742, "/usr/jails/www/usr/local/sbin/nginx", "/usr/jails/www/var/empty", {
             6: (fs.file(F.DTYPE_SOCKET, RW | F.O_NONBLOCK, data=www),
                 {"TYPE": "SOCKET", "FLAGS": flag_string(RW | F.O_NONBLOCK), "OFFSET": 0, "VTYPE": None,
-                 "Path": None, "DETAILS": dwww})}, root="/usr/jails/www", jail="/usr/jails/www")
+                 "Path": None, "DETAILS": dwww + " " + X.listening(fs, www, qlimit=511, qlen=3, incqlen=1)})},
+                   root="/usr/jails/www", jail="/usr/jails/www")
 
     # The user's shell in /home/alice with the tty on 0-2 and a hole at 3.
     if 904 in pids:
@@ -440,7 +458,35 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
                  "DETAILS": ""}),
             27: fs.vnode_file("/var/db/.cache/keys.txt", R | F.O_APPEND | F.FWRITE, offset=42),
         }
+        # A named semaphore as a single-instance lock.
+        daemon_fds[11] = X.sem(fs, "/x11-lock", 0, 0o600, RW)
         fs.process(1020, "/tmp/.x11-unix/exfiltrate-daemon12", "/tmp", daemon_fds)
+        # Somebody runs `ktrace -p 1020 -f /root/ktrace.out`: the trace entry comes first.
+        fs.rows[1020].insert(0, X.ktrace(fs, 1020, "/root/ktrace.out",
+                                         F.KTRFAC_SYSCALL | F.KTRFAC_SYSRET | F.KTRFAC_NAMEI))
+        if fs.has_address_space(1020):  # the LD_PRELOADed library, as the runtime linker maps it
+            mmaps[1020] = X.mmap(fs, 1020, [
+                (0x200000, 0x203000, "/tmp/.x11-unix/exfiltrate-daemon12", 0, RX, True),
+                (0x28400000, 0x28402000, "/tmp/.x/libhide.so", 0, RX, True),
+                (0x28402000, 0x28403000, "/tmp/.x/libhide.so", 0x2000, RW_, True),
+                (0x28600000, 0x28700000, "/lib/libc.so.7", 0, RX, True),
+                (0x28800000, 0x28900000, "/var/db/.cache/keys.txt", 0, RW_, False),
+            ], anonymous=[(0x28a00000, 0x28b00000)])
+
+    # postgres: POSIX shared memory (a named dynamic segment, the anonymous main
+    # segment) and its libraries and a shared file mapping.
+    if 810 in pids:
+        pg_fds = {3: X.shm(fs, "/PostgreSQL.1804289383", 1 << 20, 0o600, RW),
+                  4: X.shm(fs, None, 56 << 20, 0o600, RW)}
+        fs.process(810, "/usr/local/bin/postgres", "/var/db/postgres/data16", pg_fds)
+        if fs.has_address_space(810):
+            mmaps[810] = X.mmap(fs, 810, [
+                (0x200000, 0x800000, "/usr/local/bin/postgres", 0, RX, True),
+                (0x800000, 0x820000, "/usr/local/bin/postgres", 0x600000, RW_, True),
+                (0x28600000, 0x28700000, "/lib/libc.so.7", 0, RX, True),
+                (0x30000000, 0x30100000, "/var/db/postgres/data16/pg_wal/000000010000000000000001", 0x100000,
+                 F.VM_PROT_READ, False),
+            ], anonymous=[(0x40000000, 0x43800000)])
     # Everybody else: the executable and "/" (the demo's other daemons and tools).
     for spec in kernel.manifest_procs:
         pid = spec["pid"]
@@ -448,4 +494,5 @@ def populate(kernel: Kernel) -> Dict[str, Any]:
             continue
         fs.process(pid, _TEXT.get(spec["comm"], f"/usr/bin/{spec['comm']}"), "/", {})
     return {"files": {str(pid): rows for pid, rows in sorted(fs.rows.items())},
+            "mmap": {str(pid): rows for pid, rows in sorted(mmaps.items())},
             "mounts": {point: {"offset": mp, "root": root} for point, (mp, root) in fs.mounts.items()}}

@@ -12,7 +12,10 @@ Everything here mirrors what the real kernel does at boot and on fork:
   pointing there (14.x: ``cr_gid`` is ``cr_groups[0]``; 15.0 has its own
   ``cr_gid`` field);
 * each thread has a KSTACK_PAGES kernel stack in KVA behind a guard page,
-  ``td_pcb`` near its top, exactly as ``cpu_thread_alloc()`` computes it;
+  ``td_pcb`` near its top, exactly as the architecture's
+  ``cpu_thread_alloc()`` computes it (:meth:`Machine.pcb_address`);
+* queue links and pointer tables are pointer-sized for the release's layout
+  (4 bytes on i386), never assumed to be 8;
 * the self-describing offsets (``proc_off_p_pid`` ...) are ``const int``
   globals holding the layout's offsets, as kern_proc.c defines them.
 
@@ -24,13 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from kvm_vol import freebsd as F
-from kvm_vol.core import amd64 as A
 from kvm_vol.forge.machine import Machine
 from kvm_vol.forge.userland import Userland
 
 THREAD0_TID = 100000  # NO_PID: the first thread id
 NOCPU = -1  # td_oncpu of a thread that is not running
-XSAVE_AREA = 832  # roundup2(cpu_max_ext_state_size, XSAVE_AREA_ALIGN) for AVX
 PIDHASH_SIZE = 256  # hashinit() rounds to a power of two; pidhash is size - 1
 
 # td_state / td_inhibitors for each thread state a spec can name, and the
@@ -128,6 +129,10 @@ class Kernel:
     def _base(self, name: str) -> Dict[str, Any]:
         return {"kind": "base", "name": name}
 
+    def global_var(self, name: str, fallback: Dict[str, Any], value: Any = None, **kw) -> int:
+        """A kernel global whose type the type pack knows (else ``fallback``): ``Machine.kernel_var``."""
+        return self.m.kernel_var(name, self._type(name, fallback), value, **kw)
+
     def _globals(self) -> None:
         m, L = self.m, self.L
         m.write_kernel_elf_header()
@@ -138,8 +143,7 @@ class Kernel:
         osrelease = self.banner.split()[1].encode()
         m.kernel_var("osrelease", {"kind": "array", "count": 32, "subtype": char}, osrelease)
         m.kernel_var("osreldate", self._base("int"), self.osreldate)
-        m.kernel_var("KPML4phys", self._type("KPML4phys", self._base("unsigned long")), m.kpml4phys)
-        m.kernel_var("kernphys", self._type("kernphys", self._base("unsigned long")), m.kernphys)
+        m.kernel_globals(self)  # the page-table root(s): KPML4phys on amd64, IdlePTD ... on i386
         from kvm_vol.symbols.layoutcheck import SELF_DESCRIBING  # the one list of these symbols
 
         for name, (struct, member) in SELF_DESCRIBING.items():
@@ -151,7 +155,7 @@ class Kernel:
         self.allproc = m.kernel_var("allproc", {"kind": "struct", "name": "proclist"}
                                     if "proclist" in L.user_types else {"kind": "pointer", "subtype": {"kind": "struct", "name": "proc"}})
         self.nprocs = m.kernel_var("nprocs", self._base("int"), 0)
-        self.pidhashtbl_va = m.uma_alloc(PIDHASH_SIZE * 8)
+        self.pidhashtbl_va = m.uma_alloc(PIDHASH_SIZE * m.ptr_size)
         m.kernel_var("pidhashtbl", {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}, self.pidhashtbl_va)
         m.kernel_var("pidhash", self._base("unsigned long"), PIDHASH_SIZE - 1)
         self.proc0 = m.kernel_var("proc0", {"kind": "struct", "name": "proc"}, align=64)
@@ -160,9 +164,9 @@ class Kernel:
         # vm/vm_phys.c: vm_paddr_t dump_avail[PHYS_AVAIL_COUNT], the RAM a dump covers, as
         # [start, end) pairs ended by a 0 end; live readers take /dev/mem's ranges from it.
         avail = [x for pair in m.dump_avail() for x in pair]
-        m.kernel_var("dump_avail", self._type("dump_avail", {"kind": "array", "count": A.PHYS_AVAIL_COUNT,
-                                                             "subtype": self._base("unsigned long")}),
-                     avail + [0] * (A.PHYS_AVAIL_COUNT - len(avail)))
+        desc = self._type("dump_avail", {"kind": "array", "count": m.PHYS_AVAIL_COUNT,
+                                         "subtype": self._base("unsigned long")})
+        m.kernel_var("dump_avail", desc, avail + [0] * (desc["count"] - len(avail)))
 
     def _msgbuf(self) -> None:
         """The message buffer at the top of RAM, header after the data (msgbufinit())."""
@@ -171,7 +175,7 @@ class Kernel:
             return
         hdr_size = L.sizeof("msgbuf")
         data_size = m.msgbuf_size - hdr_size
-        data_va = m.dmap(m.msgbuf_pa)
+        data_va = m.msgbuf_va()  # the direct map on amd64, a KVA mapping where there is none
         hdr_va = data_va + data_size
         for i in range(0, m.msgbuf_size, 4096):
             m.mem.touch((m.msgbuf_pa + i) >> 12)
@@ -227,9 +231,9 @@ class Kernel:
             va = m.alloc_struct("thread")
         tid = t.tid if t.tid is not None else self._next_tid
         self._next_tid = max(self._next_tid, tid + 1)
-        kstack = m.kmem_alloc(m.KSTACK_PAGES * 4096, guard_pages=1)
+        kstack = m.kmem_alloc(m.KSTACK_PAGES * m.PAGE_SIZE, guard_pages=1)
         pcb_size = L.sizeof("pcb") if "pcb" in L.user_types else 0x340
-        pcb = kstack + m.KSTACK_PAGES * 4096 - XSAVE_AREA - pcb_size
+        pcb = m.pcb_address(kstack, pcb_size)
         td_state, inhib, _stat = THREAD_STATES[t.state]
         values: Dict[str, Any] = {
             "td_proc": proc_va, "td_tid": tid, "td_name": t.name, "td_state": td_state,
@@ -269,11 +273,11 @@ class Kernel:
             td_va = self.thread0 if (spec.pid == 0 and i == 0) else None
             rec = self._thread(va, t, cred, td_va)
             td = rec["offset"]
-            m.write_kva(prev_next_field, td.to_bytes(8, "little"))
-            m.write_kva(td + plist_off + 8, prev_next_field.to_bytes(8, "little"))  # tqe_prev
+            m.write_ptr(prev_next_field, td)
+            m.write_ptr(td + plist_off + m.ptr_size, prev_next_field)  # tqe_prev
             prev_next_field = td + plist_off  # &td_plist.tqe_next
             threads.append(rec)
-        m.write_kva(va + tq_off + 8, prev_next_field.to_bytes(8, "little"))  # tqh_last
+        m.write_ptr(va + tq_off + m.ptr_size, prev_next_field)  # tqh_last
 
         # parent / children
         parent = self.procs.get(spec.ppid) if spec.pid != 0 else None
@@ -288,7 +292,7 @@ class Kernel:
 
         # allproc and the pid hash
         self._list_insert_head(self.allproc, va, L.offsetof("proc", "p_list"))
-        bucket = self.pidhashtbl_va + 8 * (spec.pid & (PIDHASH_SIZE - 1))
+        bucket = self.pidhashtbl_va + m.ptr_size * (spec.pid & (PIDHASH_SIZE - 1))
         self._list_insert_head(bucket, va, L.offsetof("proc", "p_hash"))
         self.procs[spec.pid] = va
         self._allproc_order.insert(0, va)
@@ -312,12 +316,13 @@ class Kernel:
     def _list_insert_head(self, head: int, elm: int, entry_off: int) -> None:
         """LIST_INSERT_HEAD(head, elm, field) on raw memory (le_next, le_prev)."""
         m = self.m
-        first = int.from_bytes(m.read_kva(head, 8), "little")
-        m.write_kva(elm + entry_off, first.to_bytes(8, "little"))
+        ptr = m.ptr_size  # le_prev follows le_next
+        first = m.read_ptr(head)
+        m.write_ptr(elm + entry_off, first)
         if first:
-            m.write_kva(first + entry_off + 8, (elm + entry_off).to_bytes(8, "little"))
-        m.write_kva(head, elm.to_bytes(8, "little"))
-        m.write_kva(elm + entry_off + 8, head.to_bytes(8, "little"))
+            m.write_ptr(first + entry_off + ptr, elm + entry_off)
+        m.write_ptr(head, elm)
+        m.write_ptr(elm + entry_off + ptr, head)
 
     def manifest(self) -> Dict[str, Any]:
         m = self.m
@@ -325,11 +330,7 @@ class Kernel:
             "release": self.release,
             "osreldate": self.osreldate,
             "banner": self.banner,
-            "arch": "amd64",
-            "kernbase": A.KERNBASE,
-            "kernphys": m.kernphys,
-            "kpml4phys": m.kpml4phys,
-            "dmap": [A.DMAP_MIN_ADDRESS, A.DMAP_MAX_ADDRESS],
+            **m.manifest_fields(),  # arch, kernbase, the page-table root(s), the direct map
             "dump_avail": [list(r) for r in m.dump_avail()],
             "ram_size": m.ram_size,
             "symbols": dict(sorted(m.symbols.items())),

@@ -61,8 +61,16 @@ def _symbol_sizes(forged) -> Dict[str, int]:
     return sizes
 
 
+def _amd64_only(forged) -> None:
+    """The file layout here is amd64's (ELF64 x86-64 linked at KERNSTART, loader's LP64 symtab)."""
+    if forged.machine.ARCH != "amd64":
+        raise ValueError(f"forge: the kernel file and loader symbol table are written for amd64 kernels, "
+                         f"not {forged.machine.ARCH}")
+
+
 def image_end(forged) -> int:
     """``_end``: one past the last byte of the image's globals, page-rounded (as ldscript aligns .bss)."""
+    _amd64_only(forged)
     sizes = _symbol_sizes(forged)
     limit = KERNSTART + forged.machine.KERNEL_IMAGE_SIZE
     ends = [va + sizes[n] for n, va in forged.machine.symbols.items() if KERNSTART <= va < limit]

@@ -19,7 +19,9 @@ class Layout:
         self.user_types: Dict[str, Any] = isf["user_types"]
         self.base_types: Dict[str, Any] = isf["base_types"]
         self.enums: Dict[str, Any] = isf.get("enums", {})
+        #: sizeof(void *) and sizeof(long) of the release's target (4 and 4 on i386, 8 and 8 on LP64).
         self.pointer_size: int = self.base_types["pointer"]["size"]
+        self.long_size: int = self.base_types["long"]["size"]
         self._field_cache: Dict[Tuple[str, str], Tuple[int, Dict[str, Any]]] = {}
 
     # -- sizes -----------------------------------------------------------

@@ -8,18 +8,27 @@ be replayed from its name and seed:
   headers, kerneldumpheader fields, truncation;
 * **kernel** mutations work on the machine before it is written: cycles in
   ``allproc`` and ``p_threads``, self-parented processes, wild pointers,
-  absurd counts, unterminated names.
+  absurd counts, unterminated names;
+* **device** mutations write what else a dump device holds, damaged:
+  textdumps and dumps the kernel compressed (drawn only from
+  :data:`EVERY_MUTATION`, so runs made before they existed replay unchanged).
 
 :func:`make_case` turns ``(seed, index)`` into one mutated image on disk and
 describes what was done; :mod:`benchmarks.fuzz` and ``tests/fuzz`` run the
 plugins on such images and classify what happens.
+
+One forged machine serves every case: a kernel mutation runs inside a
+:class:`Journal` that records the bytes each ``write_kva`` overwrites and puts
+them back once the image is written.  Building a machine costs about as much
+as three plugin runs, so rebuilding it per case (as the first version did)
+would have doubled the cost of a long run for nothing.
 """
 
 import os
 import random
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from kvm_vol.forge.build import Forged
 
@@ -44,7 +53,8 @@ class Case:
 # kernel-structure mutations (applied to the machine before writing)
 
 def _u64_at(m, va: int) -> int:
-    return U64.unpack(m.read_kva(va, 8))[0]
+    """The kernel pointer at ``va`` (pointer-sized for the machine's layout: 4 bytes on i386)."""
+    return m.read_ptr(va)
 
 
 def _procs(forged: Forged) -> List[Dict]:
@@ -57,7 +67,7 @@ def k_allproc_cycle(forged: Forged, rnd: random.Random) -> str:
     i = rnd.randrange(1, len(procs))
     j = rnd.randrange(0, i + 1)
     src, dst = procs[i]["offset"], procs[j]["offset"]
-    m.write_kva(src + L.offsetof("proc", "p_list.le_next"), U64.pack(dst))
+    m.write_ptr(src + L.offsetof("proc", "p_list.le_next"), dst)
     return f"pid {procs[i]['pid']} p_list.le_next -> pid {procs[j]['pid']}"
 
 
@@ -66,14 +76,14 @@ def k_threads_cycle(forged: Forged, rnd: random.Random) -> str:
     proc = rnd.choice([p for p in _procs(forged) if p["threads"]])
     td = rnd.choice(proc["threads"])["offset"]
     target = rnd.choice(proc["threads"])["offset"]
-    m.write_kva(td + L.offsetof("thread", "td_plist.tqe_next"), U64.pack(target))
+    m.write_ptr(td + L.offsetof("thread", "td_plist.tqe_next"), target)
     return f"pid {proc['pid']} thread {td:#x} tqe_next -> {target:#x}"
 
 
 def k_self_parent(forged: Forged, rnd: random.Random) -> str:
     m, L = forged.machine, forged.machine.layout
     proc = rnd.choice(_procs(forged))
-    m.write_kva(proc["offset"] + L.offsetof("proc", "p_pptr"), U64.pack(proc["offset"]))
+    m.write_ptr(proc["offset"] + L.offsetof("proc", "p_pptr"), proc["offset"])
     return f"pid {proc['pid']} is its own parent"
 
 
@@ -84,7 +94,7 @@ def k_wild_pointer(forged: Forged, rnd: random.Random) -> str:
               if L.has_field("proc", f)]
     struct_name, field = rnd.choice(fields)
     value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
-    m.write_kva(proc["offset"] + L.offsetof(struct_name, field), U64.pack(value))
+    m.write_ptr(proc["offset"] + L.offsetof(struct_name, field), value)  # cut to the pointer width
     return f"pid {proc['pid']} {field} = {value:#x}"
 
 
@@ -231,30 +241,158 @@ CONTAINER_MUTATIONS: Dict[str, Tuple[Tuple[str, ...], Callable[[str, random.Rand
 ALL_MUTATIONS = sorted(KERNEL_MUTATIONS) + sorted(CONTAINER_MUTATIONS)
 
 
-def make_case(forged_factory: Callable[[], Forged], directory: str, seed: int, index: int,
-              mutation: Optional[str] = None) -> Case:
+# ----------------------------------------------------------------------
+# what else a dump device holds: textdumps, dumps the kernel compressed
+
+def d_textdump(base: Forged, path: str, rnd: random.Random) -> Tuple[str, str]:
+    """A textdump (device copy or savecore's tar) with damaged tar headers, kerneldumpheader or length."""
+    from kvm_vol.forge import devdumps
+    from kvm_vol.formats.textdump import TEXTDUMP_BLOCKSIZE
+
+    form = rnd.choice(("device", "savecore"))
+    files = devdumps.textdump_files(base, with_config=rnd.random() < 0.5)
+    blocks = devdumps.textdump_blocks(files, 1732163439)
+    headers = [i for i, b in enumerate(blocks) if b[257:262] == b"ustar"]
+    choice = rnd.randrange(4)
+    if choice == 0:  # header fields: name, mode, size, checksum, type, magic, prefix
+        i = rnd.choice(headers)
+        block = bytearray(blocks[i])
+        offsets = rnd.sample((0, 50, 99, 100, 124, 130, 135, 148, 150, 156, 257, 345, 400), rnd.randrange(1, 4))
+        for off in offsets:
+            block[off] = rnd.choice((0, 0x2E, 0x2F, 0x37, 0x1B, 0xFF, rnd.randrange(256)))
+        blocks[i] = bytes(block)
+        detail = f"tar header {headers.index(i)} bytes {offsets} changed"
+    elif choice == 1:  # a size field from another world
+        i = rnd.choice(headers)
+        block = bytearray(blocks[i])
+        block[124:136] = rnd.choice((b"77777777777\0", b"99999999999\0", b"\x80" + bytes(11), b"-1\0" + bytes(9)))
+        blocks[i] = bytes(block)
+        detail = f"tar header {headers.index(i)} size field {bytes(block[124:136])!r}"
+    elif choice == 2:  # a name that leaves the directory
+        i = rnd.choice(headers)
+        block = bytearray(blocks[i])
+        name = rnd.choice((b"../../../etc/passwd", b"/etc/rc.conf", b"a/../../b", b"\x1b]0;x\x07"))
+        block[0:100] = name.ljust(100, b"\0")
+        blocks[i] = bytes(block)
+        detail = f"tar header {headers.index(i)} name {name!r} (checksum now wrong)"
+    else:
+        detail = "intact"
+    before = rnd.choice((0, devdumps.SIZEOF_METADATA))
+    devdumps.write_textdump(path, files, form=form, blocks=blocks, versionstring=base.kernel.banner, before=before)
+    if choice == 3 and rnd.random() < 0.5:
+        size = os.path.getsize(path)
+        new = rnd.randrange(size)
+        with open(path, "r+b") as fh:
+            fh.truncate(new)
+        detail = f"truncated to {new:#x}"
+    elif choice == 3 and form == "device":
+        at = rnd.choice((before, os.path.getsize(path) - TEXTDUMP_BLOCKSIZE))  # leader or trailer
+        value = rnd.choice((1000, 0, 1 << 40, rnd.getrandbits(32) * 512))
+        _patch(path, at + 40, value.to_bytes(8, "big"))
+        detail = f"kerneldumpheader at {at:#x} dumplength = {value:#x}"
+    return f"textdump-{form}", detail
+
+
+def d_kdh_compressed(base: Forged, path: str, rnd: random.Random) -> Tuple[str, str]:
+    """A dump as ``dumpon -z``/``-Z`` leaves it on the device, intact or with its stream or header damaged."""
+    from kvm_vol.forge import devdumps
+
+    inner = base.write(os.path.dirname(path), stem=os.path.basename(path) + "-inner", formats=("vmcore",))["vmcore"]
+    method = rnd.choice((devdumps.COMP_GZIP, devdumps.COMP_ZSTD))
+    kdh = devdumps.write_compressed_kdh(inner, path, method=method, versionstring=base.kernel.banner)
+    os.unlink(inner)
+    fmt = f"kdh-{'gzip' if method == devdumps.COMP_GZIP else 'zstd'}"
+    choice = rnd.randrange(4)
+    if choice == 0:
+        n = rnd.randrange(1, 16)
+        with open(path, "r+b") as fh:
+            for _ in range(n):
+                fh.seek(512 + rnd.randrange(kdh.dumplength))
+                fh.write(bytes([rnd.randrange(256)]))
+        return fmt, f"{n} bytes of the compressed stream changed"
+    if choice == 1:
+        value = rnd.choice((0, 1, kdh.dumplength // 2, kdh.dumplength + 4096, 1 << 40))
+        _patch(path, 40, value.to_bytes(8, "big"))  # leader's dumplength; the trailer keeps the old one
+        return fmt, f"leader dumplength = {value:#x}"
+    if choice == 2:
+        new = rnd.randrange(512, 512 + kdh.dumplength)
+        with open(path, "r+b") as fh:
+            fh.truncate(new)
+        return fmt, f"truncated to {new:#x} inside the stream"
+    return fmt, "intact"
+
+
+#: Mutations of the other things a dump device holds.  They are not in the
+#: draw of :data:`ALL_MUTATIONS` (runs made before they existed replay
+#: unchanged); :data:`EVERY_MUTATION` draws from all.
+DEVICE_MUTATIONS: Dict[str, Callable[[Forged, str, random.Random], Tuple[str, str]]] = {
+    "textdump": d_textdump,
+    "kdh-compressed": d_kdh_compressed,
+}
+EVERY_MUTATION = ALL_MUTATIONS + sorted(DEVICE_MUTATIONS)
+
+
+class Journal:
+    """Undo log for kernel mutations of one forged machine.
+
+    Inside ``with Journal(machine):`` every ``machine.write_kva`` (and so
+    ``write_ptr``/``write_uint``/``set_fields``, which go through it) first
+    saves the bytes it overwrites; leaving the block writes them back in
+    reverse order, so the machine is byte for byte what it was.  Mutations
+    only overwrite existing kernel objects, so no page is created or dropped.
+    """
+
+    def __init__(self, machine):
+        self.machine = machine
+        self._saved: List[Tuple[int, bytes]] = []
+
+    def __enter__(self) -> "Journal":
+        machine, saved, write = self.machine, self._saved, self.machine.write_kva
+
+        def recording_write(va: int, data: bytes) -> None:
+            saved.append((va, machine.read_kva(va, len(data))))
+            write(va, data)
+
+        machine.write_kva = recording_write  # instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.machine.write_kva
+        for va, old in reversed(self._saved):
+            self.machine.write_kva(va, old)
+        self._saved.clear()
+
+
+def make_case(base: Forged, directory: str, seed: int, index: int, mutation: Optional[str] = None,
+              draw_from: Sequence[str] = ALL_MUTATIONS) -> Case:
     """Build mutated image number ``index`` of run ``seed`` in ``directory``.
 
-    ``forged_factory`` returns a fresh machine (kernel mutations change it).
-    The mutation is drawn at random unless ``mutation`` names one.  The same
-    ``(seed, index, mutation)`` always gives the same image.
+    ``base`` is the forged machine every case starts from; kernel mutations
+    change it only for the time it takes to write the image (:class:`Journal`).
+    The mutation is drawn from ``draw_from`` unless ``mutation`` names one.
+    The same ``(base, seed, index, mutation, draw_from)`` always gives the
+    same image.
     """
     rnd = random.Random(seed * 1_000_003 + index)
-    drawn = rnd.choice(ALL_MUTATIONS)
+    drawn = rnd.choice(draw_from)
     name = mutation or drawn
     os.makedirs(directory, exist_ok=True)
     stem = f"case-{seed}-{index}"
     if name in KERNEL_MUTATIONS:
-        forged = forged_factory()
-        detail = KERNEL_MUTATIONS[name](forged, rnd)
-        fmt = rnd.choice(("vmcore", "full", "raw"))
-        path = forged.write(directory, stem=stem, formats=(fmt,))[fmt]
+        with Journal(base.machine):
+            detail = KERNEL_MUTATIONS[name](base, rnd)
+            fmt = rnd.choice(("vmcore", "full", "raw"))
+            path = base.write(directory, stem=stem, formats=(fmt,))[fmt]
+    elif name in DEVICE_MUTATIONS:
+        path = os.path.join(directory, f"{stem}.{name}")
+        fmt, detail = DEVICE_MUTATIONS[name](base, path, rnd)
     else:
         formats, func = CONTAINER_MUTATIONS[name]
         fmt = rnd.choice(formats)
-        path = forged_factory().write(directory, stem=stem, formats=(fmt,))[fmt]
+        path = base.write(directory, stem=stem, formats=(fmt,))[fmt]
         detail = func(path, rnd)
     return Case(path=path, fmt=fmt, mutation=name, detail=detail)
 
 
-__all__ = ["Case", "make_case", "KERNEL_MUTATIONS", "CONTAINER_MUTATIONS", "ALL_MUTATIONS"]
+__all__ = ["Case", "Journal", "make_case", "KERNEL_MUTATIONS", "CONTAINER_MUTATIONS", "DEVICE_MUTATIONS",
+           "ALL_MUTATIONS", "EVERY_MUTATION"]

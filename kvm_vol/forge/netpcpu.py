@@ -49,9 +49,12 @@ def add_vnet_and_dpcpu(forged: Forged) -> Dict[str, Any]:
     for needed in ("__pcpu", "mp_ncpus", "mp_maxcpus"):
         if needed not in m.symbols:
             raise ValueError(f"forge: {needed} missing; build the machine with its pcpu areas first")
+    if m.ptr_size != 8:
+        # struct vnet's offsets below are LP64's (type packs do not carry struct vnet).
+        raise ValueError(f"forge: VNET/DPCPU state is written for LP64 kernels only, not {m.ARCH}")
     ncpus, maxcpus = _int(m, "mp_ncpus"), _int(m, "mp_maxcpus")
     pcpu_size = L.sizeof("pcpu")
-    pcpu_base = int.from_bytes(m.read_kva(m.symbols["__pcpu"], 8), "little")
+    pcpu_base = m.read_ptr(m.symbols["__pcpu"])
     int_t = {"kind": "base", "name": "int"}
     ulong = {"kind": "base", "name": "unsigned long"}
     truth: Dict[str, Any] = {}
@@ -99,13 +102,13 @@ def add_vnet_and_dpcpu(forged: Forged) -> Dict[str, Any]:
     m.write_kva(vnet + off["vnet_data_mem"], data_mem.to_bytes(8, "little"))
     m.write_kva(vnet + off["vnet_data_base"], base.to_bytes(8, "little"))
     head = m.kernel_var("vnet_head", {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}, vnet)
-    m.write_kva(vnet + 8, head.to_bytes(8, "little"))  # vnet_le.le_prev = &vnet_head.lh_first
+    m.write_ptr(vnet + m.ptr_size, head)  # vnet_le.le_prev = &vnet_head.lh_first
     m.kernel_var("vnet0", {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}, vnet)
     prison0 = m.symbols.get("prison0") or m.kernel_var("prison0", {"kind": "struct", "name": "prison"}, align=64)
     m.set_fields(prison0, "prison", {"pr_vnet": vnet})
     cred_off = L.offsetof("proc", "p_ucred")
     for proc in forged.kernel.procs.values():
-        cred = int.from_bytes(m.read_kva(proc + cred_off, 8), "little")
+        cred = m.read_ptr(proc + cred_off)
         m.set_fields(cred, "ucred", {"cr_prison": prison0})
     truth["vnet"] = {"start": vstart, "stop": vstop, "vnet": vnet, "data_base": base, "ipforwarding": 1,
                      "ipstat": [sum(IPSTAT_COUNTERS[c % len(IPSTAT_COUNTERS)][k] for c in range(ncpus))

@@ -17,15 +17,18 @@ kvm-vol's readers):
   (``dump_add_page()`` for the pages under ``msg_ptr``);
 * ``swtailq``/``nswapdev`` with one ``struct swdevt`` per swap device, as
   ``swaponsomething()`` sets it up: ``sw_nblks`` pages, a ``struct blist``
-  whose first ``howmany(BBSIZE, PAGE_SIZE)`` blocks are never freed,
-  ``sw_used`` pages in use, ``sw_dev``/``sw_vp`` naming the device (a VCHR
-  vnode whose ``v_rdev`` is the ``struct cdev`` with ``si_name``).
+  (the whole radix tree, :mod:`kvm_vol.forge.blist`) whose first
+  ``howmany(BBSIZE, PAGE_SIZE)`` blocks are never freed and from which the
+  device's allocation ranges are taken, ``sw_used`` pages in use (their
+  sum), ``sw_dev``/``sw_vp`` naming the device (a VCHR vnode whose
+  ``v_rdev`` is the ``struct cdev`` with ``si_name``).
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from kvm_vol import freebsd as F
+from kvm_vol.forge.blist import Blist
 from kvm_vol.forge.kernel import Kernel
 
 #: Default load averages (1, 5, 15 minutes) of the demo machine.
@@ -38,18 +41,34 @@ NSW_CLUSTER_MAX = 32
 
 @dataclass
 class SwapSpec:
-    """One swap device: its devfs name, size and use in pages."""
+    """One swap device: its devfs name, size in pages and the block ranges in use.
+
+    ``allocations`` are (first block, count) ranges taken out of the
+    device's blist; ``sw_used`` is what the kernel's counter says, the sum
+    of the ranges unless a test wants the two to disagree.
+    """
 
     name: str  # si_name of the device, e.g. "ada0p3"
     nblks: int
-    used: int
+    allocations: Tuple[Tuple[int, int], ...] = ()
     flags: int = 0
     dev: int = 0  # dev_t (si_udev)
+    sw_used: Optional[int] = None
+
+    @property
+    def used(self) -> int:
+        return sum(count for _first, count in self.allocations)
 
 
-#: A disk partition in use and a memory disk being removed (swapoff in progress: SW_CLOSING).
-DEFAULT_SWAP = (SwapSpec("ada0p3", 524288, 12877, dev=0x5E),
-                SwapSpec("md99", 65536, 0, flags=F.SW_CLOSING, dev=0x9A))
+#: A disk partition in use and a memory disk being removed (swapoff in progress: SW_CLOSING,
+#: 300 pages still to be paged back in).
+#: ada0p3's 524288 blocks make a four-level tree (bl_radix 262144: the root's
+#: children cover 262144 blocks, theirs 4096, the leaves 64); its allocations cross
+#: a leaf boundary, a 4096-block meta node boundary and the boundary between
+#: the root's first two children, and leave single blocks free inside.
+DEFAULT_SWAP = (SwapSpec("ada0p3", 524288, ((2, 4094), (4096, 4000), (8100, 40), (8142, 56),
+                                            (200000, 4500), (262100, 187)), dev=0x5E),
+                SwapSpec("md99", 65536, ((2, 300),), flags=F.SW_CLOSING, dev=0x9A))
 
 
 def _boot_messages(banner: str, target: int) -> List[str]:
@@ -131,8 +150,7 @@ class System:
         if ring is None:
             return
         data_va, size = ring
-        hdr_va = m.symbols.get("msgbufp")
-        hdr_va = int.from_bytes(m.read_kva(hdr_va, 8), "little")
+        hdr_va = m.read_ptr(m.symbols["msgbufp"])
         if lines is None:
             lines = _boot_messages(k.banner, size + size // 3)
         seqmod = 16 * size  # SEQMOD(size)
@@ -175,6 +193,36 @@ class System:
                                    "v_rdev": cdev, "v_usecount": 1, "v_holdcnt": 1})
         return vp
 
+    def _blist(self, dev: SwapSpec, reserved: int) -> int:
+        """swaponsomething()'s blist with ``dev``'s allocations; returns its VA.
+
+        blist_create() (M_ZERO: all allocated), blist_free() of every block
+        but the first ``reserved``, then each allocation range filled.  The
+        structure is one malloc(offsetof(struct blist, bl_root[nodes])).
+        """
+        m, L = self.m, self.L
+        tree = Blist(dev.nblks)
+        tree.free(reserved, dev.nblks - reserved)
+        for first, count in dev.allocations:
+            if tree.fill(first, count) != count:
+                raise ValueError(f"swap {dev.name}: allocation {first}+{count} overlaps another or the reserved blocks")
+        if dev.allocations:
+            last_first, last_count = dev.allocations[-1]
+            tree.cursor = (last_first + last_count) % dev.nblks  # blist_alloc() leaves it after the last one
+        if dev.flags & F.SW_CLOSING:
+            # swapoff_one(): blist_fill(sp->sw_blist, 0, nblks) so nothing more is
+            # allocated there; the pages still on the device keep sw_used up, and
+            # swp_pager_freeswapspace() no longer frees blocks of a closing device.
+            tree.fill(0, dev.nblks)
+        word = L.type_size(L.field("blmeta", "bm_bitmap")[1])
+        root_off = L.offsetof("blist", "bl_root")
+        nodes = tree.nodes_bytes(word)
+        bl = m.uma_alloc(root_off + len(nodes))
+        m.set_fields(bl, "blist", {"bl_blocks": tree.blocks, "bl_avail": tree.avail, "bl_radix": tree.radix,
+                                   "bl_cursor": tree.cursor})
+        m.write_kva(bl + root_off, nodes)
+        return bl
+
     def swap(self, devices: Sequence[SwapSpec] = DEFAULT_SWAP) -> None:
         m, L = self.m, self.L
         if "swdevt" not in L.user_types or "blist" not in L.user_types:
@@ -185,7 +233,7 @@ class System:
         m.kernel_var("nswapdev", {"kind": "base", "name": "int"}, len(devices))
         m.kernel_var("nsw_cluster_max", {"kind": "base", "name": "int"}, NSW_CLUSTER_MAX)
         list_off = L.offsetof("swdevt", "sw_list")
-        reserved = -(-F.BBSIZE // F.PAGE_SIZE)  # howmany(BBSIZE, PAGE_SIZE)
+        reserved = -(-F.BBSIZE // m.PAGE_SIZE)  # howmany(BBSIZE, PAGE_SIZE)
         prev_next = head  # &tqh_first
         rows = []
         first_blk = 0
@@ -194,35 +242,38 @@ class System:
             cdev = self._cdev(dev.name)
             vp = self._devvp(cdev)
             blocks = dev.nblks
-            bl = m.uma_alloc(L.sizeof("blist"))
-            # blist_create() + blist_free(reserved..) + allocations: bl_avail counts free blocks.
-            m.set_fields(bl, "blist", {"bl_blocks": blocks, "bl_avail": blocks - reserved - dev.used,
-                                       "bl_radix": 64, "bl_cursor": reserved + dev.used})
+            bl = self._blist(dev, reserved)
+            sw_used = dev.used if dev.sw_used is None else dev.sw_used
             m.set_fields(sp, "swdevt", {
-                "sw_flags": dev.flags, "sw_nblks": blocks, "sw_used": dev.used, "sw_dev": dev.dev,
+                "sw_flags": dev.flags, "sw_nblks": blocks, "sw_used": sw_used, "sw_dev": dev.dev,
                 "sw_vp": vp, "sw_id": vp, "sw_first": first_blk, "sw_end": first_blk + blocks,
                 "sw_blist": bl,
             })
-            first_blk += blocks
+            first_blk += blocks + 1  # swaponsomething(): one uncovered page between devices
             # TAILQ_INSERT_TAIL(&swtailq, sp, sw_list)
-            m.write_kva(prev_next, sp.to_bytes(8, "little"))
-            m.write_kva(sp + list_off + 8, prev_next.to_bytes(8, "little"))
+            m.write_ptr(prev_next, sp)
+            m.write_ptr(sp + list_off + m.ptr_size, prev_next)
             prev_next = sp + list_off
-            rows.append({"device": f"/dev/{dev.name}", "nblks": blocks, "used": dev.used,
+            # "used" is the kernel's sw_used (what swapinfo shows); "blist_used" the
+            # blocks the allocations took out of the bitmap, from the spec (None
+            # while swapoff is in progress: the bitmap is then filled whole).
+            rows.append({"device": f"/dev/{dev.name}", "nblks": blocks, "used": sw_used,
                          "total": blocks - NSW_CLUSTER_MAX, "flags": dev.flags,
-                         "blist_used": blocks - (blocks - reserved - dev.used) - reserved, "offset": sp})
-        m.write_kva(head + 8, prev_next.to_bytes(8, "little"))  # tqh_last
+                         "blist_used": None if dev.flags & F.SW_CLOSING else dev.used,
+                         "allocations": [list(a) for a in dev.allocations],
+                         "offset": sp})
+        m.write_ptr(head + m.ptr_size, prev_next)  # tqh_last
         self.manifest["swap"] = {
             "devices": rows, "dmmax": NSW_CLUSTER_MAX,
             "total": {"total": sum(r["total"] for r in rows), "used": sum(r["used"] for r in rows)},
         }
 
 
-def populate(kernel: Kernel) -> Dict[str, Any]:
-    """The default system state of a forge machine; returns its manifest keys."""
+def populate(kernel: Kernel, swap: Optional[Sequence[SwapSpec]] = None) -> Dict[str, Any]:
+    """The default system state of a forge machine (``swap``: other devices); returns its manifest keys."""
     system = System(kernel)
     system.loadavg()
     system.cp_time()
     system.msgbuf()
-    system.swap()
+    system.swap(DEFAULT_SWAP if swap is None else swap)
     return system.manifest

@@ -19,10 +19,12 @@ have left it:
 * **exec image** (``kern_exec.c``): ``p_sysent`` (``null_sysvec`` for kernel
   processes, ``elf64_freebsd_sysvec``, or ``ia32_freebsd_sysvec`` for 32-bit
   processes), ``p_args`` when the argument strings fit ``ps_arg_cache_limit``
-  (PAGE_SIZE / 16), and a ``vmspace`` whose pmap has its own PML4 (kernel
-  half copied, as ``pmap_pinit()`` does) mapping a user stack with
+  (PAGE_SIZE / 16), and a ``vmspace`` whose pmap has its own page-table root
+  (:meth:`Machine.new_user_pmap`: on amd64 a PML4 with the kernel half
+  copied, as ``pmap_pinit()`` does) mapping a user stack with
   ``ps_strings`` at ``vm_stacktop - sv_psstringssz`` above the argv/envp
-  vectors and strings (``exec_copyout_strings()``).  User pages and user
+  vectors and strings (``exec_copyout_strings()``), pointer-sized for the
+  process's ABI (:class:`SysvecSpec`, from :meth:`Machine.sysvecs`).  User pages and user
   page-table pages come from the ordinary free pool, so minidumps (which
   dump kernel memory only) do not contain them; full dumps and raw images do.
 * **zombies** keep ``p_args`` (freed only when reaped) but their
@@ -32,19 +34,36 @@ The ground truth goes into each process's manifest entry.
 """
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 from kvm_vol import freebsd as F
 from kvm_vol.core import amd64 as A
 
-PAGE = A.PAGE_SIZE
-#: amd64 vmparam.h: USRSTACK_LA48 = SHAREDPAGE_LA48 = VM_MAXUSER_ADDRESS_LA48 - PAGE_SIZE.
-USRSTACK = 0x800000000000 - PAGE
-#: compat/freebsd32: FREEBSD32_USRSTACK = FREEBSD32_SHAREDPAGE = FREEBSD32_MAXUSER = 4 GiB - 2 pages.
-FREEBSD32_USRSTACK = (1 << 32) - 2 * PAGE
-PS_ARG_CACHE_LIMIT = PAGE // 16  # kern_proc.c: ps_arg_cache_limit
-PMAP_NO_CR3 = 0xFFFFFFFFFFFFFFFF  # pm_ucr3 when PTI is off
+#: The amd64 machine's user stacks (kvm_vol.core.amd64; other machines' sysvecs() have their own).
+USRSTACK = A.USRSTACK_LA48
+FREEBSD32_USRSTACK = A.FREEBSD32_USRSTACK
 AT_NULL = 0
+
+
+@dataclass(frozen=True)
+class SysvecSpec:
+    """One ABI's ``struct sysentvec`` as the forge writes it (what :meth:`Machine.sysvecs` returns).
+
+    ``symbol`` is the kernel global (``elf64_freebsd_sysvec`` ...), ``name``
+    its ``sv_name`` (what ``ki_emul`` shows), ``flags`` its ``sv_flags``
+    (SV_LP64 / SV_ILP32 ...), ``usrstack`` its ``sv_usrstack``,
+    ``pss_type`` the ``struct ps_strings`` flavour the ABI's processes have
+    and ``ptr_size`` the size of a user pointer (argv/envp vector entries).
+    """
+
+    symbol: str
+    name: str
+    flags: int
+    usrstack: int
+    pss_type: str
+    ptr_size: int
+
 #: The machine booted BOOT_EPOCH and was dumped UPTIME seconds later.
 BOOT_EPOCH = 1_731_900_000
 UPTIME = 3 * 86400 + 4242
@@ -66,17 +85,14 @@ class Userland:
         m.kernel_var("time_second", kernel._type("time_second", long_t), BOOT_EPOCH + UPTIME)
         m.kernel_var("time_uptime", kernel._type("time_uptime", long_t), UPTIME)
         self.boottime = BOOT_EPOCH
-        self.sysvec = {
-            "null": self._sysentvec("null_sysvec", "null", 0, 0),
-            "elf64": self._sysentvec("elf64_freebsd_sysvec", "FreeBSD ELF64", F.SV_LP64, USRSTACK,
-                                     L.sizeof("ps_strings")),
-            "elf32": self._sysentvec("ia32_freebsd_sysvec", "FreeBSD ELF32", F.SV_ILP32 | F.SV_IA32,
-                                     FREEBSD32_USRSTACK, L.sizeof("freebsd32_ps_strings")),
-        }
+        #: ABI name ("null", "native", "compat32") -> (SysvecSpec or None, struct sysentvec VA)
+        self.abis: Dict[str, Tuple[Any, int]] = {"null": (None, self._sysentvec("null_sysvec", "null", 0, 0))}
+        for abi, sv in m.sysvecs().items():
+            self.abis[abi] = (sv, self._sysentvec(sv.symbol, sv.name, sv.flags, sv.usrstack, L.sizeof(sv.pss_type)))
         # vmspace0 is the kernel's (and every kernel process's) address space.
         self.vmspace0 = m.kernel_var("vmspace0", {"kind": "struct", "name": "vmspace"})
-        m.set_fields(self.vmspace0, "vmspace", {"vm_pmap.pm_cr3": m.kpml4phys, "vm_pmap.pm_ucr3": PMAP_NO_CR3,
-                                                "vm_refcnt": 1})
+        values = dict(m.kernel_pmap_fields(), vm_refcnt=1)
+        m.set_fields(self.vmspace0, "vmspace", {k: v for k, v in values.items() if L.has_field("vmspace", k)})
         self.pgrp_of: Dict[int, int] = {}  # pid -> struct pgrp VA
         self.pgrps: Dict[int, Tuple[int, int]] = {}  # pgid -> (pgrp VA, session VA)
         self.sessions: Dict[int, Dict[str, Any]] = {}  # session VA -> {"sid", "tty", "login"}
@@ -89,7 +105,7 @@ class Userland:
         va = m.kernel_var(symbol, {"kind": "struct", "name": "sysentvec"})
         values = {"sv_name": m.place_rodata(name.encode() + b"\0"), "sv_flags": flags}
         if usrstack:
-            values.update({"sv_usrstack": usrstack, "sv_maxuser": usrstack + PAGE,
+            values.update({"sv_usrstack": usrstack, "sv_maxuser": usrstack + m.PAGE_SIZE,
                            "sv_psstrings": usrstack - pss_size, "sv_psstringssz": pss_size})
         m.set_fields(va, "sysentvec", {k: v for k, v in values.items() if self.L.has_field("sysentvec", k)})
         return va
@@ -174,7 +190,7 @@ class Userland:
         return flags
 
     def pgrps_session(self, pgrp: int) -> int:
-        return int.from_bytes(self.m.read_kva(pgrp + self.L.offsetof("pgrp", "pg_session"), 8), "little")
+        return self.m.read_ptr(pgrp + self.L.offsetof("pgrp", "pg_session"))
 
     # ------------------------------------------------------------------
     def process(self, va: int, spec, threads: List[Dict[str, Any]], flags: int, info: Dict[str, Any]) -> None:
@@ -215,9 +231,10 @@ class Userland:
         m.set_fields(va, "proc", {"p_nice": spec.nice})
         info["nice"] = spec.nice
 
-        abi = "null" if system else ("elf32" if spec.abi32 else "elf64")
-        m.set_fields(va, "proc", {"p_sysent": self.sysvec[abi]})
-        info["emul"] = {"null": "null", "elf64": "FreeBSD ELF64", "elf32": "FreeBSD ELF32"}[abi]
+        abi = "null" if system else self.abi_of(spec)
+        sv, sv_va = self.abis[abi]
+        m.set_fields(va, "proc", {"p_sysent": sv_va})
+        info["emul"] = sv.name if sv is not None else "null"
 
         argv = None if system else list(spec.argv if spec.argv is not None else [spec.comm])
         env = None if system else list(spec.env)
@@ -227,7 +244,7 @@ class Userland:
         cached = argv
         if cached is not None:
             blob = b"".join(s.encode() + b"\0" for s in cached)
-            fits = len(blob) + L.sizeof("pargs") <= PS_ARG_CACHE_LIMIT
+            fits = len(blob) + L.sizeof("pargs") <= m.PAGE_SIZE // 16  # kern_proc.c: ps_arg_cache_limit
             if fits and spec.pargs is not False:
                 pa = m.uma_alloc(L.offsetof("pargs", "ar_args") + len(blob))
                 m.set_fields(pa, "pargs", {"ar_ref": 1, "ar_length": len(blob)})
@@ -240,7 +257,7 @@ class Userland:
                 info["vsize"] = 0
                 info["rssize"] = sum(m.KSTACK_PAGES for t in spec.threads)
         elif spec.exec_image:
-            vsize, resident, pss = self._address_space(va, spec, argv, env)
+            vsize, resident, pss = self._address_space(va, self.abis[abi][0], spec, argv, env)
             info["vsize"] = vsize
             info["rssize"] = resident + sum(m.KSTACK_PAGES for t in spec.threads)
             info["ps_strings"] = pss
@@ -256,16 +273,32 @@ class Userland:
             info["args_source"] = "ps_strings"
 
     # ------------------------------------------------------------------
-    def _address_space(self, va: int, spec, argv: Sequence[str], env: Sequence[str]) -> Tuple[int, int, int]:
-        """vmspace + user PML4 + a user stack laid out like exec_copyout_strings()."""
+    def abi_of(self, spec) -> str:
+        """The ABI a user process runs under: ``native``, or ``compat32`` for ``spec.abi32``.
+
+        On a kernel whose native ABI is already ILP32 (i386) a 32-bit binary
+        is simply native; an LP64 kernel without COMPAT_FREEBSD32 cannot run one.
+        """
+        if not spec.abi32:
+            return "native"
+        if "compat32" in self.abis:
+            return "compat32"
+        native = self.abis["native"][0]
+        if native.flags & F.SV_ILP32:
+            return "native"
+        raise ValueError(f"pid {spec.pid}: a {self.m.ARCH} forge kernel has no 32-bit ABI")
+
+    def _address_space(self, va: int, sv: SysvecSpec, spec, argv: Sequence[str],
+                        env: Sequence[str]) -> Tuple[int, int, int]:
+        """vmspace + user page tables + a user stack laid out like exec_copyout_strings()."""
         m, L = self.m, self.L
-        ilp32 = spec.abi32
-        ptr = 4 if ilp32 else 8
-        usrstack = FREEBSD32_USRSTACK if ilp32 else USRSTACK
+        page_size, page_mask = m.PAGE_SIZE, m.PAGE_SIZE - 1
+        ptr = sv.ptr_size
+        usrstack = sv.usrstack
         # Stack randomisation (14+): vm_stacktop sits a random, pointer-aligned gap below sv_usrstack.
         gap = (spec.pid * 0x9E3779B1) % 0x40000 & ~(ptr - 1)
         stacktop = usrstack - gap
-        pss_size = L.sizeof("freebsd32_ps_strings" if ilp32 else "ps_strings")
+        pss_size = L.sizeof(sv.pss_type)
         pss = stacktop - pss_size
         strings = [s.encode() + b"\0" for s in list(argv) + list(env)]
         blob = b"".join(strings)
@@ -279,41 +312,37 @@ class Userland:
         vec_base = (str_base - len(words) * ptr) & ~15
         argv_ptr = vec_base + ptr
         env_ptr = argv_ptr + (argc + 1) * ptr
-        code = "I" if ilp32 else "Q"
+        code = {4: "I", 8: "Q"}[ptr]
         image = {vec_base: struct.pack(f"<{len(words)}{code}", *words), str_base: blob}
-        if ilp32:
-            image[pss] = struct.pack("<IiIi", argv_ptr, argc, env_ptr, len(env))
-        else:
-            image[pss] = struct.pack("<QI4xQI4x", argv_ptr, argc, env_ptr, len(env))
+        pss_bytes = bytearray(pss_size)
+        for name, value in (("ps_argvstr", argv_ptr), ("ps_nargvstr", argc), ("ps_envstr", env_ptr),
+                            ("ps_nenvstr", len(env))):
+            off, desc = L.field(sv.pss_type, name)
+            encoded = L.encode(desc, value)
+            pss_bytes[off:off + len(encoded)] = encoded
+        image[pss] = bytes(pss_bytes)
 
-        # pmap_pinit(): a fresh PML4 with the kernel's half copied, the recursive slot its own.
-        pml4 = m.alloc_page()
-        for i in range(A.NPML4EPG // 2, A.NPML4EPG):
-            entry = m.mem.read_u64(m.kpml4phys + 8 * i)
-            if entry:
-                m.mem.write_u64(pml4 + 8 * i, entry)
-        m.mem.write_u64(pml4 + 8 * A.PML4PML4I, pml4 | A.PG_V | A.PG_RW | A.PG_NX)
+        root, pmap_fields = m.new_user_pmap()  # pmap_pinit()
         pages: Dict[int, int] = {}
-        for page in range(vec_base & ~A.PAGE_MASK, stacktop, PAGE):
+        for page in range(vec_base & ~page_mask, stacktop, page_size):
             pages[page] = m.alloc_page()
-            m.map_page(page, pages[page], root=pml4, user=True)
+            m.map_page(page, pages[page], root=root, user=True)
         for where, data in image.items():
             while data:
-                n = min(len(data), PAGE - (where & A.PAGE_MASK))
-                m.mem.write(pages[where & ~A.PAGE_MASK] + (where & A.PAGE_MASK), data[:n])
+                n = min(len(data), page_size - (where & page_mask))
+                m.mem.write(pages[where & ~page_mask] + (where & page_mask), data[:n])
                 where += n
                 data = data[n:]
         ssize = len(pages)
         text_pages, data_pages = 24 + spec.pid % 7, 40 + spec.pid % 13
-        vsize = (text_pages + data_pages) * PAGE + 512 * PAGE  # text + data + reserved stack
+        vsize = (text_pages + data_pages) * page_size + 512 * page_size  # text + data + reserved stack
         resident = ssize + text_pages + data_pages // 2
         vm = m.alloc_struct("vmspace")
         values = {
             "vm_map.size": vsize, "vm_map.pmap": vm + L.offsetof("vmspace", "vm_pmap"),
             "vm_ssize": ssize, "vm_tsize": text_pages, "vm_dsize": data_pages,
             "vm_stacktop": stacktop, "vm_maxsaddr": usrstack - (512 << 12), "vm_refcnt": 1,
-            "vm_pmap.pm_cr3": pml4, "vm_pmap.pm_ucr3": PMAP_NO_CR3,
-            "vm_pmap.pm_pmltop": m.dmap(pml4), "vm_pmap.pm_stats.resident_count": resident,
+            "vm_pmap.pm_stats.resident_count": resident, **pmap_fields,
         }
         m.set_fields(vm, "vmspace", {k: v for k, v in values.items() if L.has_field("vmspace", k)})
         m.set_fields(va, "proc", {"p_vmspace": vm})

@@ -23,8 +23,8 @@ from kvm_vol.core.amd64 import (
 )
 from kvm_vol.core.bitmap import DumpAvail
 from kvm_vol.forge.physmem import PhysMem
-from kvm_vol.formats.elfcore import EHDR, ELFOSABI_STANDALONE, PF_R, PHDR, PT_LOAD, Phdr, pack_ehdr, pack_phdr
-from kvm_vol.formats.kdh import KDH_SIZE, KERNELDUMPMAGIC, KernelDumpHeader
+from kvm_vol.formats.elfcore import ELF64, ELFOSABI_STANDALONE, PF_R, PT_LOAD, ElfLayout, Phdr, pack_ehdr, pack_phdr
+from kvm_vol.formats.kdh import ARCHITECTURE_VERSIONS, KDH_SIZE, KERNELDUMPMAGIC, KernelDumpHeader
 from kvm_vol.formats.minidump import DUMP_AVAIL_PAIR, MinidumpHeader
 
 __all__ = ["write_raw", "write_elf", "build_pmap_section", "write_minidump", "wrap_kdh"]
@@ -175,6 +175,59 @@ def _mapped_pfns(mem: PhysMem, kpml4phys: int, kva_start: int, kva_end: int, ver
     return pfns
 
 
+def bitmap_and_dump_avail(pfns: Iterable[int], avail_ranges: Sequence[Tuple[int, int]],
+                          by_dump_avail: bool, page_size: int = PAGE_SIZE,
+                          avail_size: Optional[int] = None) -> Tuple[bytes, bytes]:
+    """The bitmap section (rounded to a page, as FreeBSD does) and the dump_avail section data.
+
+    ``by_dump_avail`` (amd64 v3, i386 v2, ...): bits count the pages of the
+    ``avail_ranges`` and the dump_avail section lists them, ``{0, 0}``
+    terminated; otherwise (older versions) the bit id is the PFN and there is
+    no dump_avail section (``b""``).  ``page_size`` is the unit of ``pfns``,
+    of the bits and of the rounding (16 KiB for some arm64 minidumps);
+    ``avail_size`` the bytes of the dump_avail section when the kernel
+    writes its whole ``dump_avail[]`` array (arm64) rather than the pairs and
+    their terminator.
+    """
+    if by_dump_avail:
+        ram = DumpAvail(avail_ranges, page_size)
+        nbits = ram.pages
+        bit_of = ram.bit_id
+        pairs = b"".join(DUMP_AVAIL_PAIR.pack(s, e) for s, e in avail_ranges)
+        avail = pairs + DUMP_AVAIL_PAIR.pack(0, 0) if avail_size is None else pairs.ljust(avail_size, b"\0")
+    else:
+        nbits = -(-avail_ranges[-1][1] // page_size)
+        bit_of = (lambda pa: pa // page_size)
+        avail = b""
+    size = -(-nbits // 64) * 8  # BITSET_SIZE(pages)
+    bitmap = bytearray(-(-size // page_size) * page_size)  # round_page()
+    for pfn in pfns:
+        bit = bit_of(pfn * page_size)
+        bitmap[bit >> 3] |= 1 << (bit & 7)
+    return bytes(bitmap), avail
+
+
+def _write_minidump_file(path: str, lay, header: bytes, msgbuf: bytes, avail: bytes, bitmap: bytes, pmap: bytes,
+                         pages: Iterable[Optional[bytes]], npages: int, page_size: int = PAGE_SIZE) -> None:
+    """Write a minidump of any architecture at ``lay`` (its header's ``layout()``), sparse.
+
+    The header page, msgbuf, dump_avail, bitmap and pmap sections, then the
+    ``npages`` dumped pages of ``page_size`` (``pages`` yields each one's
+    data, or None for a page ``mem`` does not hold: a hole of zeros).
+    """
+    with open(path, "wb") as f:
+        sink = _PageSink(f)
+        sink.put_pages(0, header)
+        sink.put_pages(lay.msgbuf, msgbuf)
+        sink.put_pages(lay.dump_avail, avail)
+        sink.put_pages(lay.bitmap, bitmap)
+        sink.put_pages(lay.pmap, pmap)
+        for i, page in enumerate(pages):
+            if page is not None:
+                sink.put_pages(lay.sparse + i * page_size, page)
+        sink.close(lay.sparse + npages * page_size)
+
+
 def write_minidump(
     mem: PhysMem,
     path: str,
@@ -214,36 +267,14 @@ def write_minidump(
     wanted = (_mapped_pfns(mem, kpml4phys, kernbase, kva_end, version) | set(extra_pfns)) - set(exclude_pfns)
     pfns = sorted(p for p in wanted if p < dmap_pages and ram.bit_id(p << PAGE_SHIFT) is not None)
 
-    if version >= 3:
-        nbits = ram.pages
-        bit_of = ram.bit_id
-        avail = b"".join(DUMP_AVAIL_PAIR.pack(s, e) for s, e in avail_ranges) + DUMP_AVAIL_PAIR.pack(0, 0)
-    else:
-        nbits = -(-avail_ranges[-1][1] // PAGE_SIZE)
-        bit_of = (lambda pa: pa >> PAGE_SHIFT)
-        avail = b""
-    bitmap = bytearray(round_page(-(-nbits // 64) * 8))  # round_page(BITSET_SIZE(pages))
-    for pfn in pfns:
-        bit = bit_of(pfn << PAGE_SHIFT)
-        bitmap[bit >> 3] |= 1 << (bit & 7)
+    bitmap, avail = bitmap_and_dump_avail(pfns, avail_ranges, version >= 3)
 
     hdr = MinidumpHeader(
         version=version, msgbufsize=len(msgbuf), bitmapsize=len(bitmap), pmapsize=len(pmap), kernbase=kernbase,
         dmapbase=dmapbase, dmapend=dmapend, dumpavailsize=round_page(len(avail)),
     )
-    lay = hdr.layout()
-    with open(path, "wb") as f:
-        sink = _PageSink(f)
-        sink.put(0, hdr.pack())
-        sink.put_pages(lay.msgbuf, msgbuf)
-        sink.put(lay.dump_avail, avail)
-        sink.put_pages(lay.bitmap, bytes(bitmap))
-        sink.put_pages(lay.pmap, pmap)
-        for i, pfn in enumerate(pfns):
-            page = mem.pages.get(pfn)
-            if page is not None:
-                sink.put(lay.sparse + i * PAGE_SIZE, page)
-        sink.close(lay.sparse + len(pfns) * PAGE_SIZE)
+    _write_minidump_file(path, hdr.layout(), hdr.pack(), msgbuf, avail, bitmap, pmap,
+                         (mem.pages.get(pfn) for pfn in pfns), len(pfns))
     return hdr
 
 
@@ -256,15 +287,18 @@ def write_raw(mem: PhysMem, path: str) -> None:
         sink.close(mem.end)
 
 
-def write_elf(mem: PhysMem, path: str, osabi: int = ELFOSABI_STANDALONE) -> List[Phdr]:
+def write_elf(mem: PhysMem, path: str, osabi: int = ELFOSABI_STANDALONE, layout: ElfLayout = ELF64) -> List[Phdr]:
     """An ELF full dump like ``dumpsys_generic``: one PT_LOAD per RAM range.
+
+    ``layout`` is the ELF class and machine: ELF64/EM_X86_64 (amd64) or
+    ELF32/EM_386 (i386, :data:`~kvm_vol.formats.elfcore.ELF32`).
 
     ``p_vaddr = p_paddr`` = range start, ``p_flags = PF_R``, ``p_align`` a
     page, the data page-aligned after the headers and the segments back to
     back.  ``osabi`` 255 (STANDALONE) is what FreeBSD writes.  Returns the
     program headers.
     """
-    data_start = round_page(EHDR.size + len(mem.ranges) * PHDR.size)
+    data_start = round_page(layout.ehdr.size + len(mem.ranges) * layout.phdr.size)
     phdrs, offset = [], data_start
     for start, end in mem.ranges:
         phdrs.append(Phdr(PT_LOAD, PF_R, offset, start, start, end - start, end - start, PAGE_SIZE))
@@ -272,7 +306,7 @@ def write_elf(mem: PhysMem, path: str, osabi: int = ELFOSABI_STANDALONE) -> List
     starts = [p.paddr for p in phdrs]
     with open(path, "wb") as f:
         sink = _PageSink(f)
-        sink.put(0, pack_ehdr(len(phdrs), osabi) + b"".join(pack_phdr(p) for p in phdrs))
+        sink.put(0, pack_ehdr(len(phdrs), osabi, layout) + b"".join(pack_phdr(p, layout) for p in phdrs))
         for pfn in mem.populated():
             pa, page = pfn << PAGE_SHIFT, mem.pages[pfn]
             i = max(0, bisect_right(starts, pa) - 1)
@@ -299,6 +333,8 @@ def wrap_kdh(
     compression: int = 0,
     dumpkey: bytes = b"",
     trailer: bool = True,
+    architecture: str = "amd64",
+    extent: Optional[int] = None,
 ) -> KernelDumpHeader:
     """Put a kerneldumpheader leader (and trailer) around the dump in ``inner_path``.
 
@@ -312,11 +348,14 @@ def wrap_kdh(
         raise ValueError(f"block size {blocksize} is smaller than the {KDH_SIZE}-byte header")
     length = os.path.getsize(inner_path)
     keysize = -(-len(dumpkey) // blocksize) * blocksize
-    extent = -(-length // blocksize) * blocksize
+    # dumpextent: the space reserved for the dump.  For a compressed dump
+    # dump_start() reserves the uncompressed size, so the stream (dumplength)
+    # ends well before the trailer; callers pass that size as ``extent``.
+    extent = -(-max(length, extent or 0) // blocksize) * blocksize
     hdr = KernelDumpHeader(
         magic=magic, dumplength=length, dumptime=dumptime, dumpkeysize=keysize, blocksize=blocksize,
         hostname=hostname, versionstring=versionstring, panicstring=panicstring, compression=compression,
-        dumpextent=extent,
+        dumpextent=extent, architecture=architecture, architectureversion=ARCHITECTURE_VERSIONS[architecture],
     )
     block = hdr.pack() + bytes(blocksize - KDH_SIZE)
     start = blocksize + keysize

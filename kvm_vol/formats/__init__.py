@@ -7,7 +7,8 @@
   trailer's ``dumpextent``, as savecore(8) does); the dump behind it is
   parsed like a savecore'd file, with offsets still counted in the outer
   file;
-* an amd64 minidump (``"minidump"`` magic, :mod:`.minidump`);
+* a minidump (``"minidump"`` magic): i386 (:mod:`.minidump_i386`), arm64
+  (``"minidump FreeBSD/arm64"``, :mod:`.minidump_arm64`), else amd64 (:mod:`.minidump`);
 * an ELF core (:mod:`.elfcore`);
 * gzip/zstd streams, tar archives (textdumps), text, compressed or
   encrypted dumps: refused with a message saying what to do;
@@ -24,13 +25,15 @@ from typing import List, Optional, Tuple
 from kvm_vol.core.amd64 import PAGE_MASK
 from kvm_vol.core.bitmap import Run
 from kvm_vol.errors import DumpFormatError, TranslationError
-from kvm_vol.formats.kdh import KDH_SIZE, KernelDumpHeader, describe_unreadable, has_kdh_magic
+from kvm_vol.formats.kdh import KDH_SIZE, KernelDumpHeader, KernelDumpKey, describe_unreadable, has_kdh_magic
 from kvm_vol.formats.source import FileSource, Source, SubSource
 
 __all__ = ["Dump", "Run", "detect", "open_dump"]
 
-from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compression_of, decompressed_copy  # noqa: E402
+from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compressed_region, decompressed_copy  # noqa: E402
 _TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX tar header
+#: kerneldumpheader ``architecture`` values whose dumps kvm-vol parses.
+READABLE_ARCHITECTURES = ("amd64", "i386", "aarch64")  # aarch64: arm64's MACHINE_ARCH
 #: Block sizes tried when looking for a trailer at the end of a dump-device copy.
 _DEVICE_BLOCK_SIZES = (512, 4096)
 
@@ -48,6 +51,8 @@ class Dump:
     arch = "amd64"
     #: How read errors name the container ("not in <what>").
     what = "the dump"
+    #: Set by :func:`open_dump` when this is a decompressed copy: the compressed file, method, region.
+    decompressed_from: Optional[dict] = None
 
     def __init__(self, view: Source, kdh: Optional[KernelDumpHeader] = None):
         self.view = view
@@ -175,9 +180,15 @@ def _open_inner(view: Source, kdh: Optional[KernelDumpHeader]) -> Dump:
     # Imported here because the format modules import Dump from this package.
     from kvm_vol.formats.elfcore import ELF_MAGIC, ElfCore
     from kvm_vol.formats.minidump import MINIDUMP_PREFIX, Minidump
+    from kvm_vol.formats.minidump_i386 import MinidumpI386, is_i386_minidump
+    from kvm_vol.formats.minidump_arm64 import MinidumpArm64, is_arm64_minidump
     from kvm_vol.formats.raw import RawDump
 
     head = view.read(0, 512)
+    if is_i386_minidump(head):
+        return MinidumpI386(view, kdh)
+    if is_arm64_minidump(head):
+        return MinidumpArm64(view, kdh)
     if head.startswith(MINIDUMP_PREFIX):
         return Minidump(view, kdh)
     if head.startswith(ELF_MAGIC):
@@ -188,6 +199,8 @@ def _open_inner(view: Source, kdh: Optional[KernelDumpHeader]) -> Dump:
                 view.name, f"{tool}-compressed file (savecore's vmcore.N{suffix}?): decompress it first "
                 f"({tool} -d); kvm-vol reads uncompressed dumps", view.origin, "magic")
     if head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar":
+        if kdh is None:
+            _refuse_textdump(view)
         raise DumpFormatError(
             view.name, "tar archive (a textdump.tar.N?): textdumps hold ddb output, not memory; extract it with tar(1)",
             view.origin, "magic")
@@ -197,6 +210,24 @@ def _open_inner(view: Source, kdh: Optional[KernelDumpHeader]) -> Dump:
             f"the kerneldumpheader is not followed by a minidump or an ELF core (starts with {head[:8].hex()})",
             view.origin, "dump")
     return RawDump(view, kdh)
+
+
+def read_dump_key(source: Source, kdh: KernelDumpHeader, leader: int) -> Optional[KernelDumpKey]:
+    """The key section of an encrypted dump (right after the leader block), or None."""
+    if not kdh.dumpkeysize:
+        return None
+    return KernelDumpKey.parse(source.read(leader + kdh.blocksize, min(kdh.dumpkeysize, 64)))
+
+
+def _refuse_textdump(source: Source) -> None:
+    """Stop on a textdump, saying how many files it holds and how to list and extract them."""
+    from kvm_vol.formats import textdump
+
+    td = textdump.probe(source)  # raises for a textdump header that points outside the file
+    if td is not None:
+        message = textdump.refusal(td) + (f" ({td.problems[0]})" if td.problems else "")
+        field = "kerneldumpheader" if td.form == "device" else "magic"
+        raise DumpFormatError(source.name, message, td.kdh_offset or 0, field)
 
 
 def detect(source: Source) -> Dump:
@@ -211,14 +242,21 @@ def detect(source: Source) -> Dump:
         raise DumpFormatError(source.name, "empty file")
     found = _find_leader(source)
     if found is None:
+        from kvm_vol.formats import textdump
+
+        if textdump.has_text_trailer(source):  # a textdump whose leader disagrees with its trailer
+            _refuse_textdump(source)
         return _open_inner(source, None)
     kdh, leader = found
-    why = describe_unreadable(kdh)
+    if kdh.kind == "text":
+        _refuse_textdump(source)
+    why = describe_unreadable(kdh, read_dump_key(source, kdh, leader))
     if why is not None:
         raise DumpFormatError(source.name, why, leader, "kerneldumpheader")
-    if kdh.architecture != "amd64":
+    if kdh.architecture not in READABLE_ARCHITECTURES:
         raise DumpFormatError(
-            source.name, f"dump of a {kdh.architecture!r} machine; kvm-vol reads amd64 dumps",
+            source.name, f"dump of a {kdh.architecture!r} machine; kvm-vol reads "
+            f"{', '.join(READABLE_ARCHITECTURES)} dumps",
             leader + 20, "kerneldumpheader.architecture")
     return _open_inner(SubSource(source, leader + kdh.dump_offset, kdh.dumplength), kdh)
 
@@ -226,15 +264,24 @@ def detect(source: Source) -> Dump:
 def open_dump(path: str) -> Dump:
     """Open ``path`` read-only and :func:`detect` its format; close the result when done.
 
-    A gzip or zstd file (``vmcore.N.gz`` / ``.zst``) is decompressed once into
-    kvm-vol's cache (:mod:`kvm_vol.formats.compressed`) and that copy is opened.
+    A gzip or zstd file (``vmcore.N.gz`` / ``.zst``), or such a stream behind a
+    kerneldumpheader (``dumpon -z``/``-Z`` on a dump device), is decompressed
+    once into kvm-vol's cache (:mod:`kvm_vol.formats.compressed`) and that copy
+    is opened; ``decompressed_from`` on the result says where it came from.
     """
-    with open(path, "rb") as fh:
-        if compression_of(fh.read(8)):
-            path = str(decompressed_copy(path))
+    region = compressed_region(path)
+    if region is not None:
+        original, path = path, str(decompressed_copy(path, region=region))
     source = FileSource.open(path)
     try:
-        return detect(source)
+        dump = detect(source)
     except BaseException:
         source.close()
         raise
+    if region is not None:
+        # Offsets are those of the copy; say where its bytes came from.
+        dump.decompressed_from = {"path": original, "method": region.kind, "offset": region.offset,
+                                  "length": region.length, "kdh_offset": region.kdh_offset, "copy": path}
+        if region.kdh is not None:
+            dump.kdh = region.kdh
+    return dump

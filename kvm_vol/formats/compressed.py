@@ -7,13 +7,24 @@ modification time, written under a temporary name and renamed into place
 (a crash never leaves a half copy that looks complete), and reused on later
 runs.  The evidence file itself is only ever opened for reading.
 
+The stream may also sit behind a kerneldumpheader, as ``dumpon -z`` (gzip)
+or ``-Z`` (zstd) leaves it on the dump device, and as savecore leaves it in
+a copy of that device: the header's ``compression`` field says which, the
+stream starts after the leader (and key) and is exactly ``dumplength``
+bytes long (``dump_finish()`` in sys/kern/kern_shutdown.c); ``dumpextent``
+is only the space reserved for it.  The kernel's gzip stream has a minimal
+10-byte header (``gz_reset()`` in sys/kern/subr_compressor.c) and is an
+ordinary gzip member.  :func:`compressed_region` finds the stream either way.
+
 zstd needs the ``zstandard`` package (a kvm-vol dependency; a C binding of
 the reference implementation - nothing of ours would match it).
 """
 
 import gzip
 import hashlib
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,6 +46,85 @@ def compression_of(head: bytes) -> Optional[str]:
     return None
 
 
+#: kerneldumpheader ``compression`` values (KERNELDUMP_COMP_GZIP, KERNELDUMP_COMP_ZSTD).
+KDH_METHODS = {1: "gzip", 2: "zstd"}
+
+
+@dataclass
+class Region:
+    """A compressed stream inside a file: ``length`` bytes at ``offset`` (None: to the end)."""
+
+    kind: str
+    offset: int = 0
+    length: Optional[int] = None
+    kdh: object = None  #: the kerneldumpheader in front of it, if any
+    kdh_offset: Optional[int] = None
+
+
+def compressed_region(path: str) -> Optional[Region]:
+    """Where the compressed stream of ``path`` is, or None if the file is not a compressed dump.
+
+    A whole-file gzip/zstd stream (``vmcore.N.gz``/``.zst``), or a stream
+    behind a kerneldumpheader whose ``compression`` is gzip or zstd and which
+    is not encrypted (an encrypted dump's stream is ciphertext; the
+    container parser refuses it with its own message).  The header is found
+    at offset 0 or, in a copy of a whole dump partition, from the trailer.
+    Raises :class:`DumpFormatError` when such a header puts the stream
+    outside the file.
+    """
+    from kvm_vol.formats import _find_leader  # the package imports this module
+    from kvm_vol.formats.source import FileSource
+
+    with open(path, "rb") as fh:
+        kind = compression_of(fh.read(8))
+    if kind is not None:
+        return Region(kind)
+    with FileSource.open(path) as source:
+        if source.size == 0:
+            return None
+        found = _find_leader(source)
+        if found is None:
+            return None
+        kdh, leader = found
+        kind = KDH_METHODS.get(kdh.compression)
+        if kdh.kind != "kernel" or kind is None or kdh.dumpkeysize:
+            return None
+        start = leader + kdh.dump_offset
+        if start + kdh.dumplength > source.size:
+            raise DumpFormatError(path, f"the {kind} stream of {kdh.dumplength:#x} bytes at {start:#x} ends past "
+                                        f"the end of the file at {source.size:#x}", leader + 40,
+                                  "kerneldumpheader.dumplength")
+        head = source.read(start, 8)
+        if compression_of(head) != kind:
+            raise DumpFormatError(path, f"the kerneldumpheader says the dump is compressed ({kind}) but it does "
+                                        f"not start with a {kind} header (starts with {head.hex()})", start, "dump")
+        return Region(kind, start, kdh.dumplength, kdh, leader)
+
+
+class _Window(io.RawIOBase):
+    """``length`` bytes of an open file from ``offset``: the stream, not the trailer behind it."""
+
+    def __init__(self, raw, offset: int, length: Optional[int]):
+        self._raw, self._start, self._end = raw, offset, None if length is None else offset + length
+        self._pos = offset
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        want = len(buf) if self._end is None else min(len(buf), self._end - self._pos)
+        if want <= 0:
+            return 0
+        self._raw.seek(self._pos)
+        data = self._raw.read(want)
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos - self._start
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/kvm-vol/decompressed`` (``~/.cache/...`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -53,19 +143,21 @@ def _decompressor(raw, path: str, kind: str):
     return zstandard.ZstdDecompressor().stream_reader(raw)
 
 
-def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None) -> Path:
+def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None,
+                      region: Optional[Region] = None) -> Path:
     """Path of an uncompressed copy of the compressed dump ``path`` (made once, then reused).
 
+    ``region`` says where the stream is (default: :func:`compressed_region`).
     Raises :class:`DumpFormatError` (naming the file and the offset reached)
     when the stream is corrupt or truncated.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    kind = compression_of(head)
-    if kind is None:
+    region = region or compressed_region(path)
+    if region is None:
         raise DumpFormatError(path, "not a gzip or zstd stream", 0, "magic")
+    kind = region.kind
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{region.offset}\0"
+                         f"{region.length}".encode()).hexdigest()[:16]
     stem = Path(path).name
     for suffix in (".gz", ".zst"):
         if stem.endswith(suffix):
@@ -77,7 +169,8 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None) ->
     tmp = target.with_name(target.name + f".partial-{os.getpid()}")
     done = 0
     try:
-        with open(path, "rb") as raw, _decompressor(raw, path, kind) as src, open(tmp, "wb") as dst:
+        with open(path, "rb") as fh, io.BufferedReader(_Window(fh, region.offset, region.length), _CHUNK) as raw, \
+                _decompressor(raw, path, kind) as src, open(tmp, "wb") as dst:
             while True:
                 try:
                     chunk = src.read(_CHUNK)
@@ -92,7 +185,8 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None) ->
                 dst.write(chunk)
                 done += len(chunk)
                 if progress:
-                    progress(min(99.0, 100.0 * raw.tell() / max(st.st_size, 1)), f"Decompressing {Path(path).name}")
+                    total = region.length if region.length is not None else st.st_size - region.offset
+                    progress(min(99.0, 100.0 * raw.tell() / max(total, 1)), f"Decompressing {Path(path).name}")
         if done == 0:
             raise DumpFormatError(path, f"{kind} stream is corrupt: it decompresses to nothing",
                                   None, "compressed data")
@@ -103,4 +197,5 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None) ->
     return target
 
 
-__all__ = ["compression_of", "decompressed_copy", "cache_dir", "GZIP_MAGIC", "ZSTD_MAGIC"]
+__all__ = ["compression_of", "compressed_region", "decompressed_copy", "cache_dir", "Region", "KDH_METHODS",
+           "GZIP_MAGIC", "ZSTD_MAGIC"]

@@ -22,8 +22,9 @@ from kvm_vol.errors import DumpFormatError
 
 __all__ = [
     "KDH_SIZE", "KERNELDUMPMAGIC", "TEXTDUMPMAGIC", "KERNELDUMPMAGIC_CLEARED", "KERNELDUMPVERSION",
-    "KERNELDUMP_AMD64_VERSION", "COMPRESSION_NAMES", "KernelDumpHeader", "compute_parity", "has_kdh_magic",
-    "describe_unreadable",
+    "KERNELDUMP_AMD64_VERSION", "KERNELDUMP_I386_VERSION", "KERNELDUMP_AARCH64_VERSION", "ARCHITECTURE_VERSIONS",
+    "COMPRESSION_NAMES", "KernelDumpHeader", "compute_parity", "has_kdh_magic",
+    "describe_unreadable", "KernelDumpKey", "ENCRYPTION_NAMES", "KERNELDUMP_IV_MAX_SIZE",
 ]
 
 KDH_SIZE = 512
@@ -33,6 +34,11 @@ KERNELDUMPMAGIC_CLEARED = b"Cleared Kernel Dump"
 _MAGICS = {KERNELDUMPMAGIC: "kernel", TEXTDUMPMAGIC: "text", KERNELDUMPMAGIC_CLEARED: "cleared"}
 KERNELDUMPVERSION = 4  #: also KERNELDUMP_TEXT_VERSION
 KERNELDUMP_AMD64_VERSION = 2  #: architectureversion written by amd64 kernels
+KERNELDUMP_I386_VERSION = 2  #: architectureversion written by i386 kernels (sys/sys/kerneldump.h)
+KERNELDUMP_AARCH64_VERSION = 1  #: architectureversion written by arm64 kernels (architecture "aarch64")
+#: ``architectureversion`` each kernel writes, by ``architecture`` (its MACHINE_ARCH).
+ARCHITECTURE_VERSIONS = {"amd64": KERNELDUMP_AMD64_VERSION, "i386": KERNELDUMP_I386_VERSION,
+                         "aarch64": KERNELDUMP_AARCH64_VERSION}
 #: ``compression`` values (KERNELDUMP_COMP_*).
 COMPRESSION_NAMES = {0: "none", 1: "gzip", 2: "zstd"}
 
@@ -162,20 +168,61 @@ class KernelDumpHeader:
         return d
 
 
-def describe_unreadable(hdr: KernelDumpHeader) -> Optional[str]:
+#: ``KERNELDUMP_IV_MAX_SIZE`` and the ``kdk_encryption`` values (KERNELDUMP_ENC_*).
+KERNELDUMP_IV_MAX_SIZE = 32
+ENCRYPTION_NAMES = {0: "none", 1: "AES-256-CBC", 2: "ChaCha20"}
+# struct kerneldumpkey (packed, dump byte order): kdk_encryption, kdk_iv,
+# kdk_encryptedkeysize, then the encrypted key itself.
+_KDK = struct.Struct(f">B{KERNELDUMP_IV_MAX_SIZE}sI")
+
+
+@dataclass
+class KernelDumpKey:
+    """The key section ``dumpon -k`` puts after the leader: cipher, IV, the RSA-encrypted key.
+
+    Only the private RSA key (decryptcore(8)) can open the dump; kvm-vol
+    just says which cipher and how big the encrypted key is.
+    """
+
+    encryption: int
+    iv: bytes
+    encryptedkeysize: int
+
+    @property
+    def cipher(self) -> str:
+        return ENCRYPTION_NAMES.get(self.encryption, f"unknown cipher {self.encryption}")
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Optional["KernelDumpKey"]:
+        """Decode the start of a key section; None if it is too short to hold one."""
+        if len(raw) < _KDK.size:
+            return None
+        encryption, iv, size = _KDK.unpack_from(raw)
+        return cls(encryption, iv, size)
+
+    def pack(self, encrypted_key: bytes) -> bytes:
+        return _KDK.pack(self.encryption, self.iv, len(encrypted_key)) + encrypted_key
+
+
+def describe_unreadable(hdr: KernelDumpHeader, key: Optional[KernelDumpKey] = None) -> Optional[str]:
     """Why the dump behind ``hdr`` cannot be read as memory, or None if it can.
 
     Text dumps are tar archives of ddb output, compressed dumps are a gzip or
     zstd stream and encrypted dumps need their key; each message says what to
-    do instead.
+    do instead.  ``key`` (the parsed key section) names the cipher.
     """
     if hdr.kind == "text":
-        return "this is a textdump (a tar archive of ddb output, not a memory image); extract it with tar(1)"
+        return ("this is a textdump (ddb output written backwards as a tar archive, not a memory image); "
+                "list and extract its files with 'kvm-vol textdump list|extract FILE'")
     if hdr.dumpkeysize:
-        return (f"the dump is encrypted (dumpkeysize {hdr.dumpkeysize}); "
-                "decrypt it with decryptcore(8) first")
+        cipher = f" with {key.cipher}" if key is not None else ""
+        return (f"the dump is encrypted (dumpkeysize {hdr.dumpkeysize}){cipher}; "
+                "decrypt it with decryptcore(8) and the private key given to dumpon -k first")
     if hdr.compression:
         name = COMPRESSION_NAMES.get(hdr.compression, f"unknown method {hdr.compression}")
-        return (f"the dump is compressed ({name}); let savecore(8) extract it "
-                "(with -u it also decompresses) and read the uncompressed vmcore")
+        if hdr.compression in COMPRESSION_NAMES:
+            return (f"the dump is compressed ({name}); open the file itself (kvm_vol.formats.open_dump, "
+                    "vol -f), which reads it through a decompressed copy")
+        return (f"the dump is compressed ({name}), a method kvm-vol and savecore(8) do not know; "
+                "only gzip (1) and zstd (2) exist")
     return None

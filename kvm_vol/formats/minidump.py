@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Tuple
 
 from kvm_vol.core.amd64 import (
-    DMAP_MAX_ADDRESS, DMAP_MIN_ADDRESS, NBPDR, PAGE_SHIFT, PAGE_SIZE, PDRSHIFT, PG_FRAME, PG_PS, PG_V,
-    VM_MIN_KERNEL_ADDRESS, MinidumpAmd64Translator, round_page,
+    DMAP_MAX_ADDRESS, DMAP_MIN_ADDRESS, NBPDR, PAGE_SIZE, PDRSHIFT, PG_FRAME, PG_PS, PG_V, VM_MIN_KERNEL_ADDRESS,
+    MinidumpAmd64Translator,
 )
 from kvm_vol.core.bitmap import BitmapIndex, first_bad_range
 from kvm_vol.errors import DumpFormatError
@@ -31,7 +31,7 @@ from kvm_vol.formats.source import Source
 
 __all__ = [
     "MINIDUMP_PREFIX", "MINIDUMP_MAGIC", "MINIDUMP_VERSION", "DUMP_AVAIL_PAIR", "MinidumpHeader", "Layout",
-    "Minidump",
+    "section_layout", "Minidump",
 ]
 
 #: What libkvm checks to call a core a minidump (``_kvm_is_minidump``).
@@ -61,6 +61,19 @@ class Layout(NamedTuple):
     sparse: int
 
 
+def section_layout(page_size: int, msgbufsize: int, dumpavailsize: int, bitmapsize: int, pmapsize: int) -> Layout:
+    """Section offsets of a minidump of any architecture: a header page, then msgbuf, dump_avail
+    (``dumpavailsize`` 0 where the version has none), bitmap and pmap, each rounded to ``page_size``."""
+
+    def rnd(x: int) -> int:
+        return (x + page_size - 1) // page_size * page_size
+
+    dump_avail = page_size + rnd(msgbufsize)
+    bitmap = dump_avail + rnd(dumpavailsize)
+    pmap = bitmap + rnd(bitmapsize)
+    return Layout(page_size, dump_avail, bitmap, pmap, pmap + rnd(pmapsize))
+
+
 @dataclass
 class MinidumpHeader:
     """``struct minidumphdr``.  ``kernbase`` is where the pmap section starts:
@@ -75,6 +88,9 @@ class MinidumpHeader:
     dmapend: int = DMAP_MAX_ADDRESS
     dumpavailsize: int = 0  #: v3 only; libkvm takes it as 0 for v1/v2
 
+    #: amd64 has 4 KiB pages only (a class attribute, not a header field).
+    page_size = PAGE_SIZE
+
     @property
     def size(self) -> int:
         """Bytes of the C structure for this version (64, or 72 for v3)."""
@@ -86,10 +102,8 @@ class MinidumpHeader:
         return PAGE_SIZE if self.version == 1 else NBPDR
 
     def layout(self) -> Layout:
-        dump_avail = PAGE_SIZE + round_page(self.msgbufsize)
-        bitmap = dump_avail + round_page(self.dumpavailsize if self.version >= 3 else 0)
-        pmap = bitmap + round_page(self.bitmapsize)
-        return Layout(PAGE_SIZE, dump_avail, bitmap, pmap, pmap + round_page(self.pmapsize))
+        return section_layout(PAGE_SIZE, self.msgbufsize, self.dumpavailsize if self.version >= 3 else 0,
+                              self.bitmapsize, self.pmapsize)
 
     def pack(self) -> bytes:
         """The header page: the structure followed by zeros up to 4 KiB."""
@@ -105,10 +119,14 @@ class Minidump(Dump):
 
     kind = "minidump"
     what = "the minidump"
+    #: The first version with a dump_avail section.
+    dump_avail_since = 3
 
     def __init__(self, view: Source, kdh: Optional[KernelDumpHeader] = None):
         super().__init__(view, kdh)
         self.header = self._parse_header(view.read(0, PAGE_SIZE))
+        #: The unit of the header page, the section rounding, the bitmap bits and the dumped pages.
+        self.page_size = self.header.page_size
         self.layout = self.header.layout()
         self._check_sections()
         #: dump_avail ranges (v3), or None when the bit id is the PFN (v1/v2).
@@ -116,10 +134,10 @@ class Minidump(Dump):
         self._pmap = view.read(self.layout.pmap, self.header.pmapsize)
         #: Number of entries in the pmap section.
         self.pmap_entries = len(self._pmap) // 8
-        pages_in_file = max(0, (view.size - self.layout.sparse) // PAGE_SIZE)
+        pages_in_file = max(0, (view.size - self.layout.sparse) // self.page_size)
         self.bitmap_index = BitmapIndex(
             view.read(self.layout.bitmap, self.header.bitmapsize), self.dump_avail,
-            self.origin + self.layout.sparse, pages_in_file)
+            self.origin + self.layout.sparse, pages_in_file, self.page_size)
 
     # -- parsing -----------------------------------------------------------
     def _parse_header(self, head: bytes) -> MinidumpHeader:
@@ -131,17 +149,12 @@ class Minidump(Dump):
             raise self._error(
                 f"not a minidump for this platform: magic {magic.decode('ascii', 'replace')!r}, "
                 f"kvm-vol reads {MINIDUMP_MAGIC.decode()!r}", 0, "magic")
-        if len(head) < _VERSION_OFFSET + 4:
-            raise self._error(f"truncated header: {len(head)} bytes", 0, "header")
-        version = _U32.unpack_from(head, _VERSION_OFFSET)[0]
+        version = self._header_version(head)
         if not 1 <= version <= MINIDUMP_VERSION:
             raise self._error(
                 f"wrong minidump version. expected {MINIDUMP_VERSION} got {version} "
                 f"(kvm-vol reads versions 1 to {MINIDUMP_VERSION})", _VERSION_OFFSET, "version")
-        need = _HDR.size if version >= 3 else _HDR_SIZE_V2
-        if len(head) < need:
-            raise self._error(f"truncated header: {len(head)} bytes, a version {version} header needs {need}",
-                              0, "header")
+        self._check_header_size(head, version, _HDR.size if version >= 3 else _HDR_SIZE_V2)
         fields = _HDR.unpack(head[:_HDR.size].ljust(_HDR.size, b"\0"))
         hdr = MinidumpHeader(
             version=version, msgbufsize=fields[2], bitmapsize=fields[3], pmapsize=fields[4],
@@ -151,6 +164,17 @@ class Minidump(Dump):
         if hdr.dmapbase > hdr.dmapend:
             raise self._error(f"dmapend {hdr.dmapend:#x} is below dmapbase {hdr.dmapbase:#x}", 56, "dmapend")
         return hdr
+
+    def _header_version(self, head: bytes) -> int:
+        """The ``version`` field, at the same offset in the header of every architecture."""
+        if len(head) < _VERSION_OFFSET + 4:
+            raise self._error(f"truncated header: {len(head)} bytes", 0, "header")
+        return _U32.unpack_from(head, _VERSION_OFFSET)[0]
+
+    def _check_header_size(self, head: bytes, version: int, need: int) -> None:
+        if len(head) < need:
+            raise self._error(f"truncated header: {len(head)} bytes, a version {version} header needs {need}",
+                              0, "header")
 
     def _check_sections(self) -> None:
         hdr, lay, end = self.header, self.layout, self.view.size
@@ -195,7 +219,8 @@ class Minidump(Dump):
         if idx.missing:
             found.append(self._error(
                 f"page data truncated: the bitmap marks {idx.count} pages but the file holds {idx.present}; "
-                f"the last {idx.missing} are not readable", self.layout.sparse + idx.present * PAGE_SIZE, "page data"))
+                f"the last {idx.missing} are not readable", self.layout.sparse + idx.present * self.page_size,
+                "page data"))
         stray = idx.stray_bits()
         if stray:
             found.append(self._error(
@@ -257,13 +282,17 @@ class Minidump(Dump):
     def sections(self) -> dict:
         """``name -> {offset, size, length}``: offset in the outermost file, size as laid out
         (page-rounded), length as the header gives it."""
-        hdr, lay, idx = self.header, self.layout, self.bitmap_index
-        out = {"header": (0, PAGE_SIZE, hdr.size), "msgbuf": (lay.msgbuf, round_page(hdr.msgbufsize), hdr.msgbufsize)}
-        if hdr.version >= 3:
-            out["dump_avail"] = (lay.dump_avail, round_page(hdr.dumpavailsize), hdr.dumpavailsize)
-        out["bitmap"] = (lay.bitmap, round_page(hdr.bitmapsize), hdr.bitmapsize)
-        out["pmap"] = (lay.pmap, round_page(hdr.pmapsize), hdr.pmapsize)
-        out["page data"] = (lay.sparse, idx.present << PAGE_SHIFT, idx.count << PAGE_SHIFT)
+        hdr, lay, idx, ps = self.header, self.layout, self.bitmap_index, self.page_size
+
+        def rnd(x: int) -> int:
+            return (x + ps - 1) // ps * ps
+
+        out = {"header": (0, ps, hdr.size), "msgbuf": (lay.msgbuf, rnd(hdr.msgbufsize), hdr.msgbufsize)}
+        if hdr.version >= self.dump_avail_since:
+            out["dump_avail"] = (lay.dump_avail, rnd(hdr.dumpavailsize), hdr.dumpavailsize)
+        out["bitmap"] = (lay.bitmap, rnd(hdr.bitmapsize), hdr.bitmapsize)
+        out["pmap"] = (lay.pmap, rnd(hdr.pmapsize), hdr.pmapsize)
+        out["page data"] = (lay.sparse, idx.present * ps, idx.count * ps)
         return {name: {"offset": self.origin + off, "size": size, "length": length}
                 for name, (off, size, length) in out.items()}
 

@@ -15,6 +15,8 @@ __all__ = ["RawDump"]
 class RawDump(Dump):
     kind = "raw"
     what = "the raw image"
+    #: A raw image carries no header: its architecture is whatever kernel the stacker finds in it.
+    arch = None
 
     def _compute_runs(self) -> List[Run]:
         return [(0, self.origin, self.view.size)] if self.view.size else []

@@ -3,11 +3,11 @@
 For one ``struct proc``:
 
 * pseudo entries in the order ``kern_proc_filedesc_out()`` emits them: the
-  ktrace vnode (``p_tracevp``), the text vnode (``p_textvp``), the session's
-  terminal (``p_pgrp`` -> ``pg_session`` -> ``s_ttyvp``; the kernel does
-  not look at ``P_CONTROLT`` there), then cwd, root and
-  jail directories from ``p_pd`` -> ``pd_pwd`` (an SMR pointer:
-  ``__ptr``) -> ``struct pwd`` (FreeBSD 13+);
+  ktrace vnode (``p_ktrioparms->vp`` in 14.x/15.0, ``p_tracevp`` on older
+  kernels), the text vnode (``p_textvp``), the session's terminal
+  (``p_pgrp`` -> ``pg_session`` -> ``s_ttyvp``; the kernel does not look at
+  ``P_CONTROLT`` there), then cwd, root and jail directories from ``p_pd``
+  -> ``pd_pwd`` (an SMR pointer: ``__ptr``) -> ``struct pwd`` (FreeBSD 13+);
 * the descriptor table ``p_fd`` -> ``fd_files`` -> ``struct fdescenttbl``
   (``fdt_nfiles`` slots of ``struct filedescent``); NULL ``fde_file`` slots
   are closed descriptors;
@@ -16,7 +16,9 @@ For one ``struct proc``:
   path; sockets (``f_data``) give ``so_proto`` -> ``pr_domain`` ->
   ``dom_name``, ``so_type``, ``pr_protocol`` and, through ``so_pcb``, the
   inpcb's addresses and ports or the unpcb's bound path and peer; pipes give
-  their peer end (``pipe_peer``) and the bytes buffered.
+  their peer end (``pipe_peer``) and the bytes buffered; shm, semaphores,
+  pty masters, socket queues and memory-mapped files are read by
+  :mod:`kvm_vol.kvm.fileextras`.
 
 Paths are rebuilt from the name cache the way ``vn_fullpath()`` does
 (vfs_cache.c): from the vnode up, a mount's root vnode (``VV_ROOT``) is
@@ -36,7 +38,7 @@ from volatility3.framework import exceptions, interfaces
 
 from kvm_vol import freebsd as F
 from kvm_vol.kvm.kernelmod import KernelRef, kernel_module
-from kvm_vol.kvm import queue
+from kvm_vol.kvm import fileextras, queue
 
 vollog = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ class Reader:
                     words.extend(["->", self._sun_path(peer.unp_addr) or f"{canonical(int(unp.unp_conn)):#x}"])
             except exceptions.InvalidAddressException:
                 words.append("(unpcb unreadable)")
+        words.append(fileextras.socket_queues(so))
         return " ".join(words)
 
     # ------------------------------------------------------------------ files
@@ -245,6 +248,12 @@ class Reader:
                 pipe = self.obj("pipe", rec.data)
                 rec.pipe_peer = int(pipe.pipe_peer)
                 rec.pipe_buffered = int(pipe.pipe_buffer.cnt)
+            elif ftype == F.DTYPE_SHM and rec.data:
+                rec.path, rec.details = fileextras.shm_info(self, rec.data)
+            elif ftype == F.DTYPE_SEM and rec.data:
+                rec.path, rec.details = fileextras.sem_info(self, rec.data)
+            elif ftype == F.DTYPE_PTS and rec.data:
+                rec.details = fileextras.pts_info(self, rec.data)
         except exceptions.InvalidAddressException as exc:
             rec.details = f"unreadable ({exc.__class__.__name__})"
         return rec
@@ -257,7 +266,11 @@ class Reader:
             except (exceptions.InvalidAddressException, AttributeError):
                 return 0
 
-        trace = vnode_at(lambda: proc.p_tracevp)
+        # ktr_get_tracevp(): 14.x/15.0 keep the trace vnode in p_ktrioparms->vp; older kernels in p_tracevp.
+        if proc.has_member("p_ktrioparms"):
+            trace = vnode_at(lambda: proc.p_ktrioparms.dereference().vp if int(proc.p_ktrioparms) else 0)
+        else:
+            trace = vnode_at(lambda: proc.p_tracevp)
         if trace:
             yield self.vnode_record(F.FD_TRACE, trace, F.FREAD | F.FWRITE)
         text = vnode_at(lambda: proc.p_textvp)
@@ -303,6 +316,7 @@ class Reader:
         esize = self.kernel.get_type("filedescent").size
         base = table.fdt_ofiles.vol.offset
         ptr_off = self.kernel.get_type("filedescent").relative_child_offset("fde_file")
+        ptr_end = ptr_off + self.kernel.get_type("pointer").size  # struct file *fde_file (4 bytes on i386)
         for first in range(0, nfiles, FD_CHUNK):  # whole slots at a time: one read per chunk
             count = min(FD_CHUNK, nfiles - first)
             try:
@@ -312,7 +326,7 @@ class Reader:
                                f"unreadable ({exc}); skipped")
                 continue
             for i in range(count):
-                fp = int.from_bytes(raw[i * esize + ptr_off:i * esize + ptr_off + 8], "little")
+                fp = int.from_bytes(raw[i * esize + ptr_off:i * esize + ptr_end], "little")
                 if not fp:
                     continue  # a closed descriptor
                 try:
@@ -320,18 +334,29 @@ class Reader:
                 except exceptions.InvalidAddressException as exc:
                     vollog.warning(f"pid {int(proc.p_pid)} fd {first + i}: struct file unreadable ({exc}); skipped")
 
-    def getfiles(self, proc) -> List[FileRecord]:
-        """Every open file of ``proc``: pseudo entries first, then descriptors."""
-        return list(self.pseudo_entries(proc)) + list(self.descriptors(proc))
+    def getfiles(self, proc, mmapped: bool = False) -> List[FileRecord]:
+        """Every open file of ``proc``: pseudo entries first, then descriptors.
+
+        ``mmapped`` adds the memory-mapped files after them, as
+        ``procstat_getfiles(procstat, kp, mmapped)`` does (``fstat -m``).
+        """
+        recs = list(self.pseudo_entries(proc)) + list(self.descriptors(proc))
+        if mmapped:
+            recs.extend(fileextras.mmap_records(self, proc))
+        return recs
 
 
-def getfiles(context: interfaces.context.ContextInterface, kernel_module_name: KernelRef, proc) -> List[FileRecord]:
+def getfiles(context: interfaces.context.ContextInterface, kernel_module_name: KernelRef, proc,
+             mmapped: bool = False) -> List[FileRecord]:
     """The open files of one ``struct proc`` (see :class:`Reader`)."""
-    return Reader(context, kernel_module_name).getfiles(proc)
+    return Reader(context, kernel_module_name).getfiles(proc, mmapped)
 
 
 def canonical(address: int) -> int:
-    """An amd64 kernel address as the kernel prints it (Volatility masks pointers to 48 bits)."""
+    """A kernel address as the kernel prints it (Volatility masks pointers to 48 bits).
+
+    Sign-extends bit 47 (amd64, arm64); 32-bit (i386) addresses are left alone.
+    """
     return address | 0xFFFF000000000000 if address & (1 << 47) else address
 
 

@@ -7,14 +7,18 @@ Volatility kernel layer, because building a Volatility object per field costs
 tens of microseconds and the API must list tens of thousands of processes
 per second:
 
-* :class:`KernelMemory` caches memory by page.  Direct-map addresses
-  (``PHYS_TO_DMAP``: UMA items such as procs, threads and creds) are read
-  from the physical layer in 64 KiB chunks, since ``pa = va - DMAP_MIN``
-  holds for every FreeBSD/amd64 kernel; any other address goes through the
-  kernel layer's own translation, page by page.  Pointers read from memory
-  are already sign-extended; only masked (48-bit) addresses need
-  :func:`canonical`.  A page that is not in the
-  dump raises ``InvalidAddressException`` like any Volatility read.
+* :class:`KernelMemory` caches memory by 4 KiB page (a cache unit, whatever
+  the kernel's page size).  On architectures with a direct map
+  (:mod:`kvm_vol.arch`: amd64, arm64) its addresses (``PHYS_TO_DMAP``: UMA
+  items such as procs, threads and creds) are read from the physical layer
+  in 64 KiB chunks, since ``pa = va - DMAP_MIN`` (+ ``dmap_phys_base`` on
+  arm64) holds for every such kernel; any other address (all of them on
+  i386) goes through the kernel layer's own translation, page by page.
+  Pointers are :attr:`KernelMemory.ptr_size` bytes (the symbol table's).
+  Pointers read from memory are already sign-extended; only masked (48-bit)
+  addresses need :func:`canonical`, which leaves 32-bit addresses alone.
+  A page that is not in the dump raises ``InvalidAddressException`` like
+  any Volatility read.
 * :class:`StructReader` turns a struct's layout (from the kernel's symbol
   table: DWARF ISF or type pack) into one precompiled ``struct.Struct`` for
   the fields the caller names, so one ``unpack_from`` reads them all.
@@ -39,7 +43,11 @@ _ADDRESS_MASK = (1 << 48) - 1
 
 
 def canonical(va: int) -> int:
-    """Sign-extend a 48-bit address (Volatility hands out masked offsets)."""
+    """Sign-extend a 48-bit address (Volatility hands out masked offsets).
+
+    Right for amd64 and arm64 kernel addresses, and a no-op for i386's
+    (below 2**32, bit 47 is never set).
+    """
     va &= 0xFFFFFFFFFFFFFFFF
     return va | 0xFFFF000000000000 if va & (1 << 47) else va
 
@@ -59,12 +67,15 @@ class KernelMemory:
         self._ptr = struct.Struct({4: "<I", 8: "<Q"}[self.ptr_size])
         phys_name = self.layer.config.get("memory_layer")
         self.phys = context.layers[phys_name] if phys_name in context.layers else None
-        # The direct-map fast path, where the architecture has one; a minidump
-        # layer knows the dump's direct-map range from its header.
-        lo, hi = getattr(self.layer, "_dmap", None) or self.arch.dmap or (0, 0)
+        # The direct-map fast path, where the architecture has one.  A kernel
+        # layer may know the window better (``dmap_window``: VA start, VA end,
+        # physical address of the start; arm64's DMAP begins at dmap_phys_base),
+        # else the architecture's constant range maps from physical 0.
+        lo, hi, pa_base = getattr(self.layer, "dmap_window", None) or (self.arch.dmap or (0, 0)) + (0,)
         self._dmap_lo, self._dmap_hi = canonical(lo), canonical(hi)
         if self.phys is None or not self.arch.has_dmap:
-            self._dmap_lo = self._dmap_hi = 0
+            self._dmap_lo = self._dmap_hi = pa_base = 0
+        self._dmap_origin = self._dmap_lo - pa_base  # pa = va - origin inside the window
         self._chunks_tried = set()  # pa >> 16 of the chunks already read
         self._ppages: Dict[int, bytes] = {}  # pfn -> page (direct map)
         self._vpages: Dict[int, bytes] = {}  # va >> 12 -> page, outside the direct map
@@ -105,7 +116,7 @@ class KernelMemory:
         InvalidAddressException when the page is not in the dump.
         """
         if self._dmap_lo <= va < self._dmap_hi and self._file is not None:
-            pa = va - self._dmap_lo
+            pa = va - self._dmap_origin
             pfn = pa >> A.PAGE_SHIFT
             off = self._pfn_off.get(pfn)
             if off is None:
@@ -143,17 +154,18 @@ class KernelMemory:
     def page(self, va: int) -> bytes:
         """The 4 KiB page holding kernel VA ``va`` (raises InvalidAddressException)."""
         if self._dmap_lo <= va < self._dmap_hi:
-            page = self._ppages.get((va - self._dmap_lo) >> A.PAGE_SHIFT)
-            return page if page is not None else self._phys_page((va - self._dmap_lo) >> A.PAGE_SHIFT)
+            page = self._ppages.get((va - self._dmap_origin) >> A.PAGE_SHIFT)
+            return page if page is not None else self._phys_page((va - self._dmap_origin) >> A.PAGE_SHIFT)
         va = canonical(va)
         vpn = va >> A.PAGE_SHIFT
         page = self._vpages.get(vpn)
         if page is None:
             if self._dmap_lo <= va < self._dmap_hi:
-                return self._phys_page((va - self._dmap_lo) >> A.PAGE_SHIFT)
+                return self._phys_page((va - self._dmap_origin) >> A.PAGE_SHIFT)
             if len(self._vpages) > _MAX_CACHED:
                 self._vpages.clear()
-            page = self.layer.read((vpn << A.PAGE_SHIFT) & _ADDRESS_MASK, A.PAGE_SIZE)
+            # the layer's own mask: 48 bits on amd64, none on arm64 (its kernel VAs have bit 47 clear)
+            page = self.layer.read((vpn << A.PAGE_SHIFT) & self.layer.address_mask, A.PAGE_SIZE)
             self._vpages[vpn] = page
         return page
 
@@ -288,7 +300,7 @@ class StructReader:
         if (va & 0xFFF) + self.span <= 0x1000:  # the common case: unpack in place, no copy
             # mem.locate() inlined for the direct map of a dump file (most structs);
             # 4 KiB is the cache's granule on every architecture.
-            off = mem._pfn_off.get((va - mem._dmap_lo) >> 12, -1) if mem._dmap_lo <= va < mem._dmap_hi else -1
+            off = mem._pfn_off.get((va - mem._dmap_origin) >> 12, -1) if mem._dmap_lo <= va < mem._dmap_hi else -1
             if off >= 0:
                 buf, off = mem._file, off + (va & 0xFFF)
             else:

@@ -64,11 +64,12 @@ _SESSION_FIELDS = {"sid": "s_sid", "leader": "s_leader", "ttyvp": "s_ttyvp", "tt
 _TTY_FIELDS = {"pgrp": "t_pgrp", "session": "t_session", "dev": "t_dev"}
 _VMSPACE_FIELDS = {
     "size": "vm_map.size", "resident": "vm_pmap.pm_stats.resident_count", "stacktop": "vm_stacktop",
-    "cr3": "vm_pmap.pm_cr3", "ucr3": "vm_pmap.pm_ucr3",
-}
+}  # the page-table root of vm_pmap is the architecture's business (kvm_vol.arch: vmspace_fields)
 _SYSENT_FIELDS = {"name": "sv_name", "flags": "sv_flags", "psstrings": "sv_psstrings",
                   "psstringssz": "sv_psstringssz"}
 _PSTATS_FIELDS = {"sec": "p_start.tv_sec", "usec": "p_start.tv_usec"}
+#: struct codes of unsigned integers by size (pointers: the kernel's sizeof(void *)).
+_UINT_CODES = {4: "I", 8: "Q"}
 _PS_STRINGS_FIELDS = {"argv": "ps_argvstr", "nargv": "ps_nargvstr", "envv": "ps_envstr", "nenv": "ps_nenvstr"}
 
 _OPS = {F.KERN_PROC_ALL, F.KERN_PROC_PID, F.KERN_PROC_PGRP, F.KERN_PROC_SESSION, F.KERN_PROC_TTY,
@@ -128,10 +129,14 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
 
         import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
         from volatility3.framework import automagic, contexts, plugins
+        from volatility3.framework.automagic import stacker
         from volatility3.plugins.freebsd.pslist import PsList
 
         context = contexts.Context()
         context.config["automagic.LayerStacker.single_location"] = "file:" + pathname2url(os.path.abspath(path))
+        # As `vol` does: only the stackers that do not exclude FreeBSD plugins.  Without this
+        # the Mac stacker (which skips only Intel layers) scans a whole AArch64 kernel space.
+        context.config["automagic.LayerStacker.stackers"] = stacker.choose_os_stackers(PsList)
         chosen = automagic.choose_automagic(automagic.available(context), PsList)
         plugin = plugins.construct_plugin(context, chosen, PsList, "plugins", None, None)
         return cls(context, plugin.config["kernel"])
@@ -143,11 +148,11 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         self.table = context.symbol_space[symbol_table]
         self._types = set(self.table.types)
         self._symbols = set(self.table.symbols)
-        self.mem = KernelMemory(context, layer_name)
+        self.mem = KernelMemory(context, layer_name, ptr_size=self.table.get_type("pointer").size)
         self._err = ""
         self._readers: Dict[str, StructReader] = {}
         self._cache: Dict[Tuple[str, int], object] = {}
-        self._proc_layers: Dict[int, str] = {}
+        self._proc_layers: Dict[tuple, str] = {}  # the arch's layer config overrides -> layer name
         self._boottime: Optional[float] = None
         self._boottime_known = False
         self._cdev_priv = None  # (offset of cdp_c, offset of cdp_inode) when the ISF has it
@@ -196,6 +201,26 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             return None
         return canonical(self.table.get_symbol(name).address)
 
+    def _c_int(self, va: int, type_name: str, signed: bool) -> int:
+        """The C integer of base type ``type_name`` (``long``, ``int`` ...) at ``va``, sized by the symbol table.
+
+        ``long`` is 4 bytes on i386 and 8 on LP64 kernels; the table says which.
+        """
+        size = self.table.get_type(type_name).size
+        return int.from_bytes(self.mem.read(va, size), "little", signed=signed)
+
+    def _arg_max(self) -> int:
+        """The kernel's ARG_MAX: 512 KiB, or 256 KiB on an ILP32 kernel (i386), whatever the process's ABI."""
+        return F.ARG_MAX_ILP32 if self.mem.ptr_size == 4 else F.ARG_MAX_LP64
+
+    def _time_t(self, va: int) -> int:
+        """A ``time_t`` global: the size of ``timeval.tv_sec`` (4 bytes on i386, the one 32-bit time_t)."""
+        if self._has_type("timeval"):
+            size = self.table.get_type("timeval").vol.members["tv_sec"][1].size
+        else:  # time_t is a long wherever it is not i386's int
+            size = self.table.get_type("long").size
+        return int.from_bytes(self.mem.read(va, size), "little", signed=True)
+
     def _read_cached(self, kind: str, va: int, fields: Dict[str, str]):
         """A struct shared by many processes (ucred, pgrp, session ...), read once."""
         key = (kind, va)
@@ -222,14 +247,13 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             th = self._symbol("timehands")
             if th is not None and self._has_type("timehands"):
                 bt = self._reader("timehands", {"sec": "th_boottime.sec", "frac": "th_boottime.frac"})
-                fields = bt.read(self.mem, self.mem.u64(th))
+                fields = bt.read(self.mem, self.mem.ptr(th))
                 if fields.sec is not None:
                     self._boottime = fields.sec + (fields.frac or 0) / 2.0 ** 64
                     return self._boottime
             second, uptime = self._symbol("time_second"), self._symbol("time_uptime")
             if second is not None and uptime is not None:
-                now = struct.unpack("<q", self.mem.read(second, 8))[0]
-                up = struct.unpack("<q", self.mem.read(uptime, 8))[0]
+                now, up = self._time_t(second), self._time_t(uptime)
                 if now > 0 and 0 <= up <= now:
                     self._boottime = float(now - up)
         except exceptions.InvalidAddressException:
@@ -248,7 +272,7 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             self._err = "allproc: no such symbol"
             return
         try:
-            first = canonical(self.mem.u64(head))
+            first = canonical(self.mem.ptr(head))
         except exceptions.InvalidAddressException as exc:
             vollog.warning(f"allproc head unreadable: {exc}")
             return
@@ -554,8 +578,8 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         if tbl is None or mask is None:
             return {"error": "pidhashtbl/pidhash: no such symbol"}
         try:
-            base = canonical(self.mem.u64(tbl))
-            size = self.mem.u64(mask) + 1
+            base = canonical(self.mem.ptr(tbl))
+            size = self._c_int(mask, "long", signed=False) + 1  # u_long pidhash
         except exceptions.InvalidAddressException as exc:
             return {"error": f"pid hash unreadable: {exc}"}
         if not 0 < size <= _PIDHASH_LIMIT or size & (size - 1):
@@ -567,7 +591,8 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             return fields, canonical(fields.hash_next or 0)
 
         try:
-            buckets = struct.unpack(f"<{size}Q", self.mem.read(base, 8 * size))
+            ptr = self.mem.ptr_size
+            buckets = struct.unpack(f"<{size}{_UINT_CODES[ptr]}", self.mem.read(base, ptr * size))
         except exceptions.InvalidAddressException as exc:
             return {"error": f"pidhashtbl unreadable: {exc}"}
         for i, first in enumerate(buckets):
@@ -609,7 +634,7 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         if rec.args_ptr and self._has_type("pargs"):
             try:
                 length = struct.unpack("<I", self.mem.read(rec.args_ptr + self._pargs_offsets()[0], 4))[0]
-                if length <= F.ARG_MAX_LP64:
+                if length <= self._arg_max():
                     data = self.mem.read(rec.args_ptr + self._pargs_offsets()[1], length)
                     return ArgsResult(_split(data, nchr), "p_args")
                 reason = f"p_args at {rec.args_ptr:#x}: ar_length {length} exceeds ARG_MAX"
@@ -642,31 +667,41 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         return members["ar_length"][0], members["ar_args"][0]
 
     def process_layer(self, rec: ProcRecord) -> Tuple[Optional[str], str]:
-        """The name of a layer for the process's address space (its pmap), or (None, reason)."""
+        """The name of a layer for the process's address space (its pmap), or (None, reason).
+
+        Which ``vm_pmap`` fields hold the page-table root, and how a copy of
+        the kernel layer is pointed at it, is the architecture's business
+        (:mod:`kvm_vol.arch`: ``pm_cr3`` on amd64); the layer is made once
+        per root and shared.
+        """
         if not rec.vmspace_ptr:
             return None, f"pid {rec.pid} has no vmspace"
+        kernel = self.context.layers[self.layer_name]
+        arch = self.mem.arch
+        reader = self._readers.get("vmspace@pmap")
+        if reader is None:
+            reader = self._readers["vmspace@pmap"] = StructReader(self.context, self.symbol_table, "vmspace",
+                                                                  arch.vmspace_fields)
         try:
-            vm = self._reader("vmspace", _VMSPACE_FIELDS).read(self.mem, rec.vmspace_ptr)
+            overrides = arch.process_config(kernel, reader.read(self.mem, rec.vmspace_ptr))
         except exceptions.InvalidAddressException as exc:
             return None, f"pid {rec.pid}: vmspace at {rec.vmspace_ptr:#x} unreadable ({exc})"
-        cr3 = vm.cr3
-        if cr3 is None:
-            return None, "the symbol table has no pmap.pm_cr3 (not amd64?)"
-        dtb = cr3 & A.PG_FRAME
-        if not dtb:
-            return None, f"pid {rec.pid}: pm_cr3 is 0"
-        name = self._proc_layers.get(dtb)
+        except ValueError as exc:
+            return None, f"pid {rec.pid}: {exc}"
+        key = tuple(sorted(overrides.items()))
+        name = self._proc_layers.get(key)
         if name is None:
-            kernel = self.context.layers[self.layer_name]
             name = self.context.layers.free_layer_name(f"{self.layer_name}_Process{rec.pid}")
             path = interfaces.configuration.path_join
-            for key, value in kernel.config.items():
-                if key not in ("page_map_offset",) and not isinstance(value, dict):
-                    self.context.config[path(name, key)] = value
-            self.context.config[path(name, "page_map_offset")] = dtb
-            layer = kernel.__class__(self.context, name, name, metadata={"os": "FreeBSD"})
+            for ckey, value in kernel.config.items():
+                if ckey not in overrides and not isinstance(value, dict):
+                    self.context.config[path(name, ckey)] = value
+            for ckey, value in overrides.items():
+                self.context.config[path(name, ckey)] = value
+            cls = arch.process_layer_class(kernel) if arch.process_layer_class else kernel.__class__
+            layer = cls(self.context, name, name, metadata={"os": "FreeBSD"})
             self.context.add_layer(layer)
-            self._proc_layers[dtb] = name
+            self._proc_layers[key] = name
         return name, ""
 
     def _ps_strings(self, rec: ProcRecord, which: str, nchr: int) -> ArgsResult:
@@ -685,7 +720,9 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
         if sv is None:
             return self._fail(f"pid {rec.pid} has no p_sysent")
         ilp32 = bool((sv.flags or 0) & F.SV_ILP32)
-        pss_type = "freebsd32_ps_strings" if ilp32 else "ps_strings"
+        # A 32-bit process on an LP64 kernel has COMPAT_FREEBSD32's struct; on an
+        # ILP32 kernel (i386) the native struct ps_strings is already the 32-bit one.
+        pss_type = "freebsd32_ps_strings" if ilp32 and self.mem.ptr_size > 4 else "ps_strings"
         if not self._has_type(pss_type):
             return self._fail(f"the symbol table has no struct {pss_type}")
         if vm.stacktop and sv.psstringssz:
@@ -696,7 +733,8 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             return self._fail(f"pid {rec.pid}: no ps_strings address")
         reader = self._reader(pss_type, _PS_STRINGS_FIELDS)
         dump_kind = self._dump_kind()
-        ptr_size = 4 if ilp32 else 8
+        ptr_size = 4 if ilp32 else self.mem.ptr_size  # the process's user pointers
+        page_mask = getattr(layer, "page_size", A.PAGE_SIZE) - 1
 
         def user_read(va: int, length: int, what: str) -> bytes:
             try:
@@ -704,18 +742,18 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             except exceptions.InvalidAddressException as exc:
                 bad = getattr(exc, "invalid_address", va)
                 if dump_kind == "minidump":
-                    raise _Missing(f"{what}: user page {bad & ~A.PAGE_MASK:#x} of pid {rec.pid} is not in the "
+                    raise _Missing(f"{what}: user page {bad & ~page_mask:#x} of pid {rec.pid} is not in the "
                                    "dump (minidumps hold no user pages)")
                 raise _Missing(f"{what}: user address {bad:#x} of pid {rec.pid} is unreadable ({exc})")
 
         try:
             pss = reader.unpack(user_read(where, reader.span, "ps_strings"))
             vptr, vsize = (pss.argv, pss.nargv) if which == "argv" else (pss.envv, pss.nenv)
-            if vsize < 0 or vsize > F.ARG_MAX_LP64:
+            if vsize < 0 or vsize > self._arg_max():
                 return self._fail(f"pid {rec.pid}: ps_strings count {vsize} exceeds ARG_MAX (ENOEXEC)")
             raw = user_read(vptr, vsize * ptr_size, f"{which} vector") if vsize else b""
-            vector = struct.unpack(f"<{vsize}{'I' if ilp32 else 'Q'}", raw)
-            limit = 2 * (F.PATH_MAX + F.ARG_MAX_LP64)
+            vector = struct.unpack(f"<{vsize}{_UINT_CODES[ptr_size]}", raw)
+            limit = 2 * (F.PATH_MAX + self._arg_max())
             if nchr and 0 < nchr < limit:
                 limit = nchr
             out: List[bytes] = []

@@ -43,8 +43,13 @@ def set_bounds(setname: str):
     return f"__start_{setname}", f"__stop_{setname}"
 
 
-def relocate(value: int, start: int, stop: int, base: int) -> int:
-    """``_kvm_vnet_validaddr``/``_kvm_dpcpu_validaddr``: values in ``[start, stop)`` move by ``base``."""
+def relocate(value: int, start: int, stop: int, base: int, mask: int = _U64) -> int:
+    """``_kvm_vnet_validaddr``/``_kvm_dpcpu_validaddr``: values in ``[start, stop)`` move by ``base``.
+
+    The sum wraps like the kernel's ``uintptr_t`` arithmetic: ``mask`` is
+    ``2**(8 * sizeof(void *)) - 1`` (32 bits on i386, whose offsets are
+    often "negative").
+    """
     if value == 0 or not start <= value < stop:
         return value
-    return (base + value) & _U64
+    return (base + value) & mask

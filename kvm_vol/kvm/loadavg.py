@@ -72,8 +72,9 @@ def getcptime(context: interfaces.context.ContextInterface, kernel_module_name: 
             vollog.warning(f"mp_maxcpus is {maxcpus}; no CPU time")
             return None
         layer = context.layers[kernel.layer_name]
-        raw = layer.read(kernel.offset + kernel.get_symbol("cpuid_to_pcpu").address, 8 * maxcpus)
-        table = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+        ptr = kernel.get_type("pointer").size  # struct pcpu *cpuid_to_pcpu[]: 4 bytes on i386
+        raw = layer.read(kernel.offset + kernel.get_symbol("cpuid_to_pcpu").address, ptr * maxcpus)
+        table = [int.from_bytes(raw[i:i + ptr], "little") for i in range(0, len(raw), ptr)]
     except exceptions.InvalidAddressException as exc:
         vollog.warning(f"CPU time is unreadable: {exc}")
         return None

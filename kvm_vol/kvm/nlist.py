@@ -27,6 +27,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
 
+from kvm_vol import arch as archmod
 from kvm_vol.kvm import linkersets as LS
 
 __all__ = ["KernelNlist", "NlistEntry"]
@@ -64,6 +65,9 @@ class KernelNlist:
         self._vnet_tried = self._dpcpu_tried = False
         self._pcpu: Optional[Tuple[int, int, int]] = None  # ncpus, sizeof(struct pcpu), __pcpu
         self._pcpu_tried = False
+        # sizeof(void *) / uintptr_t of this kernel (4 on i386), and its wrap-around mask.
+        self.ptr_size = self.table.get_type("pointer").size
+        self._mask = (1 << (8 * self.ptr_size)) - 1
 
     @classmethod
     def for_module(cls, context: interfaces.context.ContextInterface, kernel_module_name: str,
@@ -116,18 +120,21 @@ class KernelNlist:
             return None
         ptr = procp
         for what, off in zip(("p_ucred", "cr_prison", "pr_vnet"), offs):
-            ptr = self._u(ptr + off, 8)
+            ptr = self._u(ptr + off, self.ptr_size)
             if not ptr:
                 self.notes.append(f"vnet: {what} is NULL or unreadable")
                 return None
         magic_off = self._offset("vnet", "vnet_magic_n")
         base_off = self._offset("vnet", "vnet_data_base")
         if magic_off is None or base_off is None:
+            if self.ptr_size != 8:
+                self.notes.append("vnet: the symbol table has no struct vnet (its LP64 layout does not apply here)")
+                return None
             magic_off, base_off = LS.VNET_LP64_OFFSETS["vnet_magic_n"], LS.VNET_LP64_OFFSETS["vnet_data_base"]
         if self._u(ptr + magic_off, 4) != LS.VNET_MAGIC_N:
             self.notes.append(f"vnet at {ptr:#x}: invalid vnet magic#")
             return None
-        base = self._u(ptr + base_off, 8)
+        base = self._u(ptr + base_off, self.ptr_size)  # uintptr_t vnet_data_base
         if base is None:
             self.notes.append(f"vnet at {ptr:#x}: vnet_data_base unreadable")
             return None
@@ -152,12 +159,12 @@ class KernelNlist:
             self.notes.append("vnet: cannot walk allproc")
             return None
         seen = set()
-        procp = self._u(allproc, 8)
+        procp = self._u(allproc, self.ptr_size)
         while procp and procp not in seen and len(seen) < 1_000_000:
             seen.add(procp)
             if self._u(procp + pid_off, 4, signed=True) == pid:
                 return procp
-            procp = self._u(procp + list_off, 8)
+            procp = self._u(procp + list_off, self.ptr_size)
         self.notes.append(f"vnet: pid {pid} not found on allproc")
         return None
 
@@ -176,11 +183,11 @@ class KernelNlist:
         if maxcpus is None or not 0 < maxcpus <= _MAX_CPUS:
             self.notes.append(f"dpcpu: implausible mp_maxcpus {maxcpus}")
             return None
-        raw = self.read(off_at, 8 * maxcpus)
+        raw = self.read(off_at, self.ptr_size * maxcpus)  # uintptr_t dpcpu_off[MAXCPU]
         if raw is None:
             self.notes.append("dpcpu: dpcpu_off is unreadable")
             return None
-        self._dpcpu = (start, stop, list(struct.unpack(f"<{maxcpus}Q", raw)))
+        self._dpcpu = (start, stop, list(struct.unpack(f"<{maxcpus}{'I' if self.ptr_size == 4 else 'Q'}", raw)))
         return self._dpcpu
 
     def dpcpu_offset(self, cpu: int) -> Optional[int]:
@@ -219,7 +226,7 @@ class KernelNlist:
         if value is not None:
             setup = self._vnet_setup()
             if setup is not None:
-                return NlistEntry(asked, vname, LS.relocate(value, *setup), "vnet")
+                return NlistEntry(asked, vname, LS.relocate(value, *setup, mask=self._mask), "vnet")
             return NlistEntry(asked, vname, None, "vnet")
         pname = LS.DPCPU_SYMPREFIX + name
         value = self.lookup(pname)
@@ -227,7 +234,7 @@ class KernelNlist:
             setup = self._dpcpu_setup()
             off = self.dpcpu_offset(self.cpu)
             if setup is not None and off is not None:
-                return NlistEntry(asked, pname, LS.relocate(value, setup[0], setup[1], off), "dpcpu")
+                return NlistEntry(asked, pname, LS.relocate(value, setup[0], setup[1], off, mask=self._mask), "dpcpu")
             if setup is not None:
                 self.notes.append(f"dpcpu: CPU {self.cpu} not found (beyond mp_maxcpus or dpcpu_off 0)")
             return NlistEntry(asked, pname, None, "dpcpu")
@@ -248,10 +255,9 @@ class KernelNlist:
             self.notes.append("zpcpu: no mp_ncpus or struct pcpu")
             return None
         offset_base = 0
-        arch = "amd64" if self.layer.metadata.get("architecture") in ("Intel64", None) else ""
-        if arch in LS.OFFSET_BY_PCPU:
+        if archmod.for_layer(self.layer).name in LS.OFFSET_BY_PCPU:
             at = self.lookup("__pcpu")
-            offset_base = self._u(at, 8) if at is not None else None
+            offset_base = self._u(at, self.ptr_size) if at is not None else None
             if offset_base is None:
                 self.notes.append("zpcpu: cannot read __pcpu")
                 return None
@@ -264,7 +270,7 @@ class KernelNlist:
         if setup is None:
             return None
         _ncpus, pcpu_size, offset_base = setup
-        return self.read((base + offset_base + pcpu_size * cpu) & _U64, size)
+        return self.read((base + offset_base + pcpu_size * cpu) & self._mask, size)
 
     def counter_u64_fetch(self, base: int) -> Optional[int]:
         """Sum of a ``counter(9)`` over CPUs 0 .. mp_ncpus-1; None if any copy is unreadable."""

@@ -48,13 +48,16 @@ class SystemAPI:
             self._err = "kvm_getswapinfo: the kernel has no swtailq"
         return rows
 
-    def getfiles(self, proc) -> List[files.FileRecord]:
-        """Open files of a process: a ProcRecord, a ``struct proc`` object or its address."""
+    def getfiles(self, proc, mmapped: bool = False) -> List[files.FileRecord]:
+        """Open files of a process: a ProcRecord, a ``struct proc`` object or its address.
+
+        ``mmapped`` adds its memory-mapped files (libprocstat's ``mmapped``).
+        """
         address = getattr(proc, "offset", None)
         if address is None:
             address = proc.vol.offset if hasattr(proc, "vol") else int(proc)
         obj = self.context.object(f"{self.symbol_table}!proc", layer_name=self.layer_name, offset=address)
-        return files.Reader(self.context, self._kernel_module()).getfiles(obj)
+        return files.Reader(self.context, self._kernel_module()).getfiles(obj, mmapped)
 
     def getmsgbuf(self, prefer_section: bool = False) -> Optional[msgbuf.MsgBuf]:
         """The kernel message buffer, oldest byte first (or the minidump's copy)."""

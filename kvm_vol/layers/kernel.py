@@ -13,7 +13,11 @@ known FreeBSD banner's ``version`` address through the pmap rules; for other
 images it scans physical memory for the banners, derives the kernel's
 physical displacement from where the banner lies, reads ``KPML4phys`` there,
 and accepts the PML4 only if its recursive slot points back at itself and the
-banner translates back to the very bytes found.
+banner translates back to the very bytes found.  i386 and arm64 kernels take
+their own paths (:mod:`kvm_vol.layers.kernel_i386`, :mod:`kvm_vol.layers.aarch64`),
+chosen by the minidump's architecture or by the root symbols the ISF carries;
+an architecture's extra layer config (arm64: the TTBR1 root and the page
+size) comes back as a fourth element of the stacker's ``found`` tuple.
 """
 
 import collections
@@ -27,6 +31,8 @@ from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import intel, physical, resources, scanners
 
 from kvm_vol.core import amd64 as A
+from kvm_vol.core.arm64 import KERNEL_SYMBOLS as ARM64_KERNEL_SYMBOLS
+from kvm_vol.core.i386 import KERNEL_SYMBOLS as I386_KERNEL_SYMBOLS
 from kvm_vol.errors import DumpFormatError, TranslationError
 from kvm_vol.layers import coreglue
 from kvm_vol.layers.physical import FreebsdDumpLayer, dump_for_layer
@@ -44,28 +50,44 @@ def canonical(va: int) -> int:
     return va | _CANONICAL_HIGH if va & (1 << 47) else va
 
 
-class FreebsdIntel32e(intel.Intel32e):
-    """amd64 4-level paging, FreeBSD flavour, served by the translation core.
+class FreebsdCoreLayer:
+    """Mixin for a Volatility Intel-family layer served by the translation core.
 
     ``_translate``, ``mapping`` and ``read`` go to :mod:`kvm_vol.core.engine`
     (C, or the pure-Python twin), so a small read is one core call instead of
     a Python page walk per page.  When the base layer is neither a FreeBSD
     dump layer nor a file (some other Volatility layer), Volatility's own
-    walk serves instead.
+    walk serves instead.  :meth:`_open_core` builds the core space of the
+    layer's architecture (amd64 here; the i386 layers override it).
     """
 
-    _direct_metadata = collections.ChainMap({"os": "FreeBSD"}, intel.Intel32e._direct_metadata)
-    #: Kernel VA and the direct map by the minidump's pmap section (libkvm's rules).
+    #: Kernel VA (and the direct map) by the minidump's pmap section (libkvm's rules).
     _minidump_rules = False
+    #: With :attr:`_minidump_rules`: the ``arch`` the minidump must be (None: any FreeBSD minidump).
+    _minidump_arch: Optional[str] = None
 
     def __init__(self, context, config_path, name, metadata=None):
         super().__init__(context, config_path, name, metadata)
         sources = self._core_sources()
-        self._core = None if sources is None else coreglue.space_for(self, *sources, self._minidump_rules)
+        self._core = None if sources is None else self._open_core(*sources)
+
+    def _open_core(self, dump, file_layer):
+        """The core space: amd64's 4-level walk from ``page_map_offset`` (48-bit addresses)."""
+        return coreglue.space_for(self, dump, file_layer, self._minidump_rules)
 
     def _core_sources(self):
-        """``(dump, file layer)`` for the core, or None to use Volatility's walk."""
+        """``(dump, file layer)`` for the core, or None to use Volatility's walk.
+
+        A layer of minidump rules refuses (TypeError) a memory layer that is
+        not a FreeBSD minidump of its :attr:`_minidump_arch`.
+        """
         base = self.context.layers[self._base_layer]
+        if self._minidump_rules:
+            arch = self._minidump_arch
+            if not isinstance(base, FreebsdDumpLayer) or base.dump.kind != "minidump" or \
+                    (arch is not None and base.dump.arch != arch):
+                what = "FreeBSD minidump" if arch is None else f"FreeBSD/{arch} minidump"
+                raise TypeError(f"{self.name}: memory_layer {self._base_layer} is not a {what}")
         if isinstance(base, FreebsdDumpLayer):
             return base.dump, self.context.layers[base.config["base_layer"]]
         if isinstance(base, physical.FileLayer):
@@ -125,16 +147,18 @@ class FreebsdIntel32e(intel.Intel32e):
             raise self._invalid(exc) from None
 
 
+class FreebsdIntel32e(FreebsdCoreLayer, intel.Intel32e):
+    """amd64 4-level paging, FreeBSD flavour, served by the translation core (:class:`FreebsdCoreLayer`)."""
+
+    _direct_metadata = collections.ChainMap({"os": "FreeBSD"}, intel.Intel32e._direct_metadata)
+    #: The reader facts of this layer's architecture: :data:`kvm_vol.arch.REGISTRY` key.
+    FREEBSD_ARCH = "amd64"
+
+
 class FreebsdMinidumpIntel32e(FreebsdIntel32e):
     """Kernel VA by libkvm's minidump rules; everything else by a page walk."""
 
     _minidump_rules = True
-
-    def _core_sources(self):
-        phys = self.context.layers[self._base_layer]
-        if not isinstance(phys, FreebsdDumpLayer) or phys.dump.kind != "minidump":
-            raise TypeError(f"{self.name}: memory_layer {self._base_layer} is not a FreeBSD minidump")
-        return super()._core_sources()
 
 
 # ----------------------------------------------------------------------
@@ -152,8 +176,8 @@ def isf_symbols(url: str) -> Dict[str, int]:
         with resources.ResourceAccessor().open(url) as fh:
             data = json.load(fh)
         syms = data.get("symbols", {})
-        found = {name: syms[name]["address"] for name in ("version", "KPML4phys", "kernbase", "dump_avail", "phys_avail")
-                 if name in syms}
+        names = ("version", "KPML4phys", "kernbase", "dump_avail", "phys_avail") + I386_KERNEL_SYMBOLS + ARM64_KERNEL_SYMBOLS
+        found = {name: syms[name]["address"] for name in names if name in syms}
         found.update({name: syms[name]["address"] for name in layoutcheck.SYMBOLS if name in syms})
         _ISF_SYMBOLS[url] = found
         _ISF_LAYOUTS[url] = layoutcheck.expectations(data)
@@ -200,10 +224,18 @@ def _diagnose(layer: interfaces.layers.DataLayerInterface, context, banners: Dic
     """
     scanner = scanners.RegExScanner(BANNER_RE.pattern)
     for offset in layer.scan(context=context, scanner=scanner):
-        line = layer.read(offset, 256, pad=True).split(b"\n")[0]
-        LAST_DIAGNOSIS["banner"] = line.decode("latin-1")
+        text = layer.read(offset, 256, pad=True)
+        line = text.split(b"\n")[0]
+        # Shown to the user: a C string, with anything unprintable escaped (a
+        # damaged image must not write NULs or terminal escapes to the screen).
+        LAST_DIAGNOSIS["banner"] = "".join(c if c.isprintable() else f"\\x{ord(c):02x}"
+                                           for c in line.split(b"\0")[0].decode("latin-1"))
         LAST_DIAGNOSIS["offset"] = hex(offset)
-        isf = banners.get(line + b"\n")
+        # An ISF's banner is the whole `version` string: newvers.sh's release line,
+        # and usually the builder/object-directory line that names the architecture.
+        isf = next((url for banner, url in banners.items() if text.startswith(banner)), None)
+        if isf is None:
+            isf = banners.get(line + b"\n")
         if isf:
             LAST_DIAGNOSIS["isf"] = isf
         return
@@ -238,14 +270,16 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
                 found = cls._find_by_scan(context, layer, banners, progress_callback)
             if found is None:
                 return None
-        banner, dtb, layer_class = found
+        banner, dtb, layer_class, *extra = found  # extra: config an architecture adds (arm64: its two roots)
         new_name = context.layers.free_layer_name("FreebsdKernelLayer")
         path = interfaces.configuration.path_join
         context.config[path(new_name, "memory_layer")] = layer_name
         context.config[path(new_name, "page_map_offset")] = dtb
         context.config[path(new_name, "kernel_virtual_offset")] = 0
         context.config[path(new_name, "kernel_banner")] = banner.decode("latin-1")
-        vollog.debug(f"FreeBSD kernel {banner!r} with PML4 at {dtb:#x} ({layer_class.__name__})")
+        for key, value in (extra[0] if extra else {}).items():
+            context.config[path(new_name, key)] = value
+        vollog.debug(f"FreeBSD kernel {banner!r} with page-table root at {dtb:#x} ({layer_class.__name__})")
         kernel_layer = layer_class(context, new_name, new_name, metadata={"os": "FreeBSD"})
         problem = layout_problem(kernel_layer, banners[banner])
         if problem is not None:
@@ -270,6 +304,14 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
     # -- minidumps ---------------------------------------------------------
     @classmethod
     def _find_in_minidump(cls, layer: FreebsdDumpLayer, banners: Dict[bytes, str]):
+        if layer.dump.arch == "i386":
+            from kvm_vol.layers import kernel_i386
+
+            return kernel_i386.find_in_minidump(layer, banners, isf_symbols)
+        if layer.dump.arch == "arm64":
+            from kvm_vol.layers import aarch64
+
+            return aarch64.find_in_minidump(layer, banners, isf_symbols)
         translator = layer.dump.translator()
         for banner, url in banners.items():
             syms = isf_symbols(url)
@@ -301,6 +343,19 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
             dtb = cls._validate(layer, offset, banner, syms)
             if dtb is not None:
                 return banner, dtb, FreebsdIntel32e
+            if ARM64_KERNEL_SYMBOLS[0] in syms:  # an arm64 kernel (pagetable_l0_ttbr1)
+                from kvm_vol.layers import aarch64
+
+                found = aarch64.validate(layer, offset, banner, syms)
+                if found is not None:
+                    return (banner,) + found
+                continue
+            if "KPML4phys" not in syms:  # an i386 kernel (IdlePTD_nopae / IdlePDPT, pae_mode)
+                from kvm_vol.layers import kernel_i386
+
+                found = kernel_i386.validate(layer, offset, banner, syms)
+                if found is not None:
+                    return (banner,) + found
         return None
 
     @staticmethod

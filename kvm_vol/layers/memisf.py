@@ -40,6 +40,14 @@ def _phys_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[int, 
 
 
 def _kernel_reader(layer, banner_pa: int) -> imageisf.ReadKva:
+    if isinstance(layer, FreebsdDumpLayer) and layer.dump.arch == "i386":
+        # the loader copies an i386 kernel's ELF32 .symtab too, but memsyms parses ELF64 only
+        raise memsyms.NoSymtab("the loader's copy of the symbol table is read for amd64 (ELF64) kernels only, "
+                               "and this is an i386 kernel")
+    if isinstance(layer, FreebsdDumpLayer) and layer.dump.arch == "arm64":
+        # imageisf looks for the image at amd64's KERNSTART; an arm64 kernel starts at its KERNBASE
+        raise memsyms.NoSymtab("the loader's copy of the symbol table is read for amd64 kernels only, "
+                               "and this is an arm64 kernel")
     if isinstance(layer, FreebsdDumpLayer) and layer.dump.kind == "minidump":
         return imageisf.reader_for_dump(layer.dump)
     read_phys = _phys_reader(layer)

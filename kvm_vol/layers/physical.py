@@ -163,7 +163,9 @@ class FreebsdDumpStacker(interfaces.automagic.StackerLayerInterface):
 
 
 class FreebsdCompressedStacker(interfaces.automagic.StackerLayerInterface):
-    """``vmcore.N.gz`` / ``vmcore.N.zst``: read a decompressed copy kept in kvm-vol's cache.
+    """``vmcore.N.gz`` / ``.zst``, or a gzip/zstd dump behind a kerneldumpheader: read a decompressed copy.
+
+    The copy is kept in kvm-vol's cache (:mod:`kvm_vol.formats.compressed`).
 
     Runs first (``stack_order`` 8) and puts a plain ``FileLayer`` over the
     cached copy on top of the compressed file, so every other stacker sees an
@@ -183,16 +185,21 @@ class FreebsdCompressedStacker(interfaces.automagic.StackerLayerInterface):
         # through a GzipFile that restarts from byte 0 on every backward seek.
         path = _layer_name_for_errors(layer)
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
+            region = compressed.compressed_region(path)  # a .gz/.zst file, or a stream behind a kerneldumpheader
         except OSError:
             return None
-        if compressed.compression_of(head) is None:
-            return None
-        try:
-            copy = compressed.decompressed_copy(path, progress_callback)
         except DumpFormatError as exc:
             fatal(str(exc))
+            return None
+        if region is None:
+            return None
+        try:
+            copy = compressed.decompressed_copy(path, progress_callback, region=region)
+        except DumpFormatError as exc:
+            fatal(str(exc))
+            return None
+        except OSError as exc:  # e.g. the cache's filesystem is full (no half copy is left behind)
+            fatal(f"{path}: cannot write its decompressed copy under {compressed.cache_dir()}: {exc.strerror or exc}")
             return None
         vollog.warning(f"kvm-vol: reading {path} through its decompressed copy {copy} "
                        f"({os.path.getsize(copy) >> 20} MiB, kept for later runs)")

@@ -53,7 +53,7 @@ class Nlist(interfaces.plugins.PluginInterface):
         for entry in nl.nlist(list(self.config.get("symbol") or DEFAULT_SYMBOLS)):
             counter = na()
             if self.config.get("counter") and entry.value is not None:
-                raw = nl.read(entry.value, 8)
+                raw = nl.read(entry.value, nl.ptr_size)  # counter_u64_t is a pointer
                 total = nl.counter_u64_fetch(int.from_bytes(raw, "little")) if raw is not None else None
                 counter = total if total is not None else renderers.UnreadableValue()
             yield 0, (

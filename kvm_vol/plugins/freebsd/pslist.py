@@ -8,13 +8,12 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, pid_requirement
+from kvm_vol.volatility import kernel_requirement, offset_mask, pid_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import procs
 from kvm_vol.kvm.kvm import KVM
 from kvm_vol.symbols.volsym import kvm_plugin
 
-_ADDRESS_MASK = (1 << 48) - 1  # Volatility shows kernel addresses without the sign extension
 
 
 def tty_argument(value: str):
@@ -88,11 +87,12 @@ class PsList(interfaces.plugins.PluginInterface):
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         na = procs.value_or_na
         threads = self.config.get("threads")
+        mask = offset_mask(self.context, self.config["kernel"])
         for rec in self.list_processes(self.context, self.config["kernel"], self.config.get("pid"),
                                        threads, self.filters(self.config)):
             comm = rec.thread.name if threads and rec.thread else rec.comm
             yield 0, (
-                format_hints.Hex(rec.offset & _ADDRESS_MASK), rec.pid, na(rec.tid), rec.ppid, comm,
+                format_hints.Hex(rec.offset & mask), rec.pid, na(rec.tid), rec.ppid, comm,
                 na(rec.ruid), na(rec.rgid), na(rec.uid), na(rec.gid), creation_time(rec), rec.stat_name,
                 len(rec.threads),
             )

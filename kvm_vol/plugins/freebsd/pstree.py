@@ -8,12 +8,11 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, pid_requirement
+from kvm_vol.volatility import kernel_requirement, offset_mask, pid_requirement
 from kvm_vol.kvm import procs
 from volatility3.plugins.freebsd.pslist import PsList, creation_time
 from kvm_vol.symbols.volsym import kvm_plugin
 
-_ADDRESS_MASK = (1 << 48) - 1
 
 
 @kvm_plugin
@@ -74,6 +73,7 @@ class PsTree(interfaces.plugins.PluginInterface):
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         na = procs.value_or_na
         records = list(PsList.list_processes(self.context, self.config["kernel"]))
+        mask = offset_mask(self.context, self.config["kernel"])
         wanted = set(self.config.get("pid") or [])
         ordered = self.order(records)
         if wanted:
@@ -98,7 +98,7 @@ class PsTree(interfaces.plugins.PluginInterface):
             ordered = [(d, r) for d, r in ordered if r.pid in selected]
         for depth, rec in ordered:
             yield depth, (
-                format_hints.Hex(rec.offset & _ADDRESS_MASK), rec.pid, na(rec.tid), rec.ppid, rec.comm,
+                format_hints.Hex(rec.offset & mask), rec.pid, na(rec.tid), rec.ppid, rec.comm,
                 na(rec.ruid), na(rec.rgid), creation_time(rec), rec.stat_name, len(rec.threads),
             )
 

@@ -9,6 +9,7 @@ import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol fin
 from kvm_vol.volatility import kernel_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import swap
+from kvm_vol.kvm.kernelmod import kernel_module
 from kvm_vol.symbols.volsym import kvm_plugin
 
 _FLAG_NAMES = ((F.SW_UNMAPPED, "UNMAPPED"), (F.SW_CLOSING, "CLOSING"))
@@ -37,7 +38,9 @@ class Swap(interfaces.plugins.PluginInterface):
         rows = swap.getswapinfo(self.context, self.config["kernel"])
         if rows is None:
             return
-        kib = F.PAGE_SIZE // 1024
+        # swap blocks are the kernel's pages: 16 KiB on a GENERIC-16K arm64 kernel (its layer knows)
+        kernel = kernel_module(self.context, self.config["kernel"])
+        kib = getattr(self.context.layers[kernel.layer_name], "page_size", F.PAGE_SIZE) // 1024
         for row in rows:  # the total row always comes last (swapinfo prints it for 2+ devices)
             avail = row.total - row.used
             capacity = f"{row.used / row.total * 100:.0f}%" if row.total > 0 else "0%"
