@@ -20,6 +20,8 @@ are not forged (``exec_image=False``).  Both are noted in the output.
 """
 
 import argparse
+import gc
+import json
 import os
 import subprocess
 import sys
@@ -91,7 +93,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=100_000)
     ap.add_argument("--threads-per-proc", type=int, default=2)
     ap.add_argument("--release", default="14")
-    ap.add_argument("--keep", help="directory for the image (default: a temporary one)")
+    ap.add_argument("--keep", help="directory for the image (default: a temporary one); "
+                    "an image kept there by an earlier run with the same parameters is reused")
     ap.add_argument("--no-vol", action="store_true", help="measure the API only")
     ap.add_argument("--baseline", type=int, default=5000,
                     help="processes walked with Volatility objects for the same-run baseline")
@@ -101,7 +104,16 @@ def main() -> int:
     os.environ.setdefault("KVM_VOL_SYMBOLS_DIR", os.path.join(work, "symbols"))
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(work, "cache"))
     t0 = time.perf_counter()
-    path, manifest = forge(args.release, args.procs, args.threads_per_proc, work)
+    saved = os.path.join(work, f"bench-{args.release}-{args.procs}-{args.threads_per_proc}.json")
+    if args.keep and os.path.exists(saved):  # the machine of an earlier run with the same parameters
+        with open(saved) as fh:
+            path, manifest = json.load(fh)
+    else:
+        path, manifest = forge(args.release, args.procs, args.threads_per_proc, work)
+        if args.keep:
+            with open(saved, "w") as fh:
+                json.dump([path, manifest], fh)
+        gc.collect()  # the forge's machine is garbage now: not the API's cost
     total_procs = len(manifest["processes"])
     total_threads = sum(len(p["threads"]) for p in manifest["processes"])
     print(f"forged {total_procs} processes, {total_threads} threads in {time.perf_counter() - t0:.1f} s; "

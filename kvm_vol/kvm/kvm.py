@@ -429,8 +429,7 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             try:
                 c = self._reader("ucred", _UCRED_FIELDS).read(self.mem, ucred)
                 ngroups = max(0, min(c.ngroups, c.agroups or c.ngroups, 65536))
-                groups = list(_gid_array(ngroups).unpack(self.mem.read(canonical(c.groups), 4 * ngroups))) \
-                    if ngroups and c.groups else []
+                groups = list(self._gids(canonical(c.groups), ngroups)) if ngroups and c.groups else []
             except exceptions.InvalidAddressException:
                 return
             if c.gid is not None:
@@ -441,6 +440,13 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
             self._cache[key] = cred
         rec.uid, rec.ruid, rec.svuid, rec.gid, rec.rgid, rec.svgid, groups = cred
         rec.groups = list(groups)
+
+    def _gids(self, va: int, n: int) -> tuple:
+        """``gid_t[n]`` at ``va``, unpacked in place when it lies in one page (cr_smallgroups, inside the ucred)."""
+        if (va & 0xFFF) + 4 * n <= 0x1000:
+            buf, off = self.mem.locate(va)
+            return _gid_array(n).unpack_from(buf, off)
+        return _gid_array(n).unpack(self.mem.read(va, 4 * n))
 
     def _job_control(self, rec: ProcRecord, pgrp: int) -> None:
         """ki_pgid, ki_sid, ki_login, ki_kiflag, and the terminal when P_CONTROLT.
