@@ -15,6 +15,7 @@ import pytest
 
 from conftest import RELEASES, run_vol, run_vol_json
 from test_e2e_files import expected_rows as expected_files
+from test_e2e_procs import expected_psargs
 from test_e2e_pslist import expected_rows as expected_pslist
 from test_e2e_system import expected_dmesg
 
@@ -68,16 +69,7 @@ def test_psargs_psenv_16k(session_dir, release, fmt):
     raw image; a minidump holds no user pages, so there only the kernel's cached ``p_args`` show."""
     paths, manifest = images_16k(session_dir, release)
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.psargs"))
-    expected = []
-    for p in manifest["processes"]:
-        if p["args_source"] == "p_args":
-            args, source = " ".join(p["p_args"]), "p_args"
-        elif p["args_source"] == "ps_strings" and fmt == "raw":
-            args, source = " ".join(p["argv"]), "ps_strings"
-        else:
-            args = source = None
-        expected.append({"PID": p["pid"], "PPID": p["ppid"], "COMM": p["comm"], "ARGS": args, "SOURCE": source})
-    assert rows == expected
+    assert rows == expected_psargs(manifest, fmt)
     env = strip(run_vol_json("-f", paths[fmt], "freebsd.psenv", "--pid", "1021"))
     if fmt == "raw":
         (proc,) = [p for p in manifest["processes"] if p["pid"] == 1021]

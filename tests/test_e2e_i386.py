@@ -19,6 +19,7 @@ from kvm_vol.forge import build
 from kvm_vol.forge.demo import pack_for_release
 from kvm_vol.forge.machine_i386 import MachineI386
 from test_e2e_files import expected_rows as expected_files
+from test_e2e_procs import expected_psargs
 from test_e2e_pslist import expected_rows as expected_pslist
 from test_e2e_system import expected_dmesg
 
@@ -78,16 +79,7 @@ def test_nopae_psargs_psenv(session_dir, release, fmt):
     """User memory through each process's own page directory (``vtophys(pm_pdir_nopae)``)."""
     paths, manifest = nopae_images(session_dir, release)
     rows = strip(run_vol_json("-f", paths[fmt], "freebsd.psargs"))
-    expected = []
-    for p in manifest["processes"]:
-        if p["args_source"] == "p_args":
-            args, source = " ".join(p["p_args"]), "p_args"
-        elif p["args_source"] == "ps_strings" and not is_minidump(fmt):
-            args, source = " ".join(p["argv"]), "ps_strings"
-        else:
-            args = source = None
-        expected.append({"PID": p["pid"], "PPID": p["ppid"], "COMM": p["comm"], "ARGS": args, "SOURCE": source})
-    assert rows == expected
+    assert rows == expected_psargs(manifest, fmt)
     assert any(r["SOURCE"] == "ps_strings" for r in rows) == (not is_minidump(fmt))
     env = [(r["PID"], r["KEY"], r["VALUE"]) for r in strip(run_vol_json("-f", paths[fmt], "freebsd.psenv"))]
     if is_minidump(fmt):  # user stacks are not in a minidump: one empty row per process

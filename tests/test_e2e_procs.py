@@ -53,10 +53,9 @@ def test_pstree_nesting(arch_images, arch, release):
             [(0, 0), (1, 1), (2, 712), (3, 901), (4, 903), (5, 904), (6, 1012), (7, 1013), (8, 1021)]
 
 
-@pytest.mark.parametrize("arch,release,fmt", arch_cases(formats=("vmcore", "full", "raw"), releases=("15",)))
-def test_psargs(arch_images, arch, release, fmt):
-    paths, manifest = arch_images(arch, release)
-    rows = strip(run_vol_json("-f", paths[fmt], "freebsd.psargs"))
+def expected_psargs(manifest, fmt):
+    """freebsd.psargs rows of the manifest's processes in format ``fmt``: the kernel's cached
+    p_args, else the user stack's argv where the format holds user pages, else nothing."""
     expected = []
     for p in manifest["processes"]:
         if p["args_source"] == "p_args":
@@ -66,7 +65,14 @@ def test_psargs(arch_images, arch, release, fmt):
         else:
             args = source = None
         expected.append({"PID": p["pid"], "PPID": p["ppid"], "COMM": p["comm"], "ARGS": args, "SOURCE": source})
-    assert rows == expected
+    return expected
+
+
+@pytest.mark.parametrize("arch,release,fmt", arch_cases(formats=("vmcore", "full", "raw"), releases=("15",)))
+def test_psargs(arch_images, arch, release, fmt):
+    paths, manifest = arch_images(arch, release)
+    rows = strip(run_vol_json("-f", paths[fmt], "freebsd.psargs"))
+    assert rows == expected_psargs(manifest, fmt)
     assert any(r["SOURCE"] == "ps_strings" for r in rows) == (not is_minidump(fmt))
 
 
