@@ -24,7 +24,7 @@ from nativekit import SpacePair, ensure_native
 from kvm_vol.core import amd64 as A
 from kvm_vol.core import engine
 from kvm_vol.core.amd64 import NBPDP, NBPDR, PAGE_SIZE, PG_PS, PG_RW, PG_V
-from kvm_vol.errors import DumpFormatError
+from kvm_vol.errors import DumpFormatError, TranslationError
 from kvm_vol.forge import build
 from kvm_vol.forge.physmem import PhysMem
 from kvm_vol.forge.writers import write_elf, write_minidump, write_raw
@@ -530,3 +530,27 @@ def test_info_names_the_core(native, section12, capsys, monkeypatch):
     monkeypatch.setenv("KVM_VOL_PURE", "1")
     info.run(parser.parse_args([paths["v3"], "--json"]))
     assert json.loads(capsys.readouterr().out)["translation_core"] == "pure-Python twin (KVM_VOL_PURE is set)"
+
+
+def test_spaces_over_one_dump_share_its_pmap_and_keep_their_own(native, section12):
+    """Process layers share the dump's pmap table (kept by the kv_phys); a space given other
+    entries gets its own copy, and freeing any space leaves the others' tables intact."""
+    mod = engine.native_module()
+    ffi, lib = mod.ffi, mod.lib
+    _m, paths = section12
+    with open_dump(paths["v3"]) as dump:
+        phys = engine._NativePhys(dump, path=paths["v3"])
+        first = engine._NativeSpace(phys, 0, 4, True, True)
+        want = first.read(dk.VERSION_VA, len(dk.VERSION_STR))
+        assert want == dk.VERSION_STR
+        hdr = dump.header
+        other = engine._NativeSpace(phys, 0, 4, True, False)
+        blank = ffi.from_buffer(bytes(len(dump._pmap)))
+        assert lib.kv_space_set_minidump(other._h, hdr.version, hdr.kernbase, hdr.dmapbase, hdr.dmapend,
+                                         blank, dump.pmap_entries) == 0
+        with pytest.raises(TranslationError, match="pde not valid"):
+            other.read(dk.VERSION_VA, 8)
+        again = engine._NativeSpace(phys, 0, 4, True, True)
+        del first, other  # the table the first space created stays with the phys
+        assert again.read(dk.VERSION_VA, len(dk.VERSION_STR)) == want
+        phys = again = None

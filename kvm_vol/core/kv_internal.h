@@ -37,6 +37,10 @@ struct kv_phys {
     uint64_t navail;
     uint64_t sparse_off, present;
     int page_shift; /* bitmap pages: 0 means PAGE_SHIFT; 14 for 16 KiB arm64 minidumps */
+    /* The minidump pmap section, widened to u64 once per dump and shared by
+     * every space over it (a process layer each: 8 MiB per copy on amd64). */
+    uint64_t *pmap;
+    uint64_t pmap_entries;
 };
 
 struct kv_space {
@@ -48,8 +52,9 @@ struct kv_space {
     int md;
     int md_version;
     uint64_t kernbase, dmapbase, dmapend;
-    uint64_t *pmap; /* minidump pmap entries, widened to u64 */
+    const uint64_t *pmap; /* minidump pmap entries, widened to u64: the phys's, or own_pmap */
     uint64_t pmap_entries;
+    uint64_t *own_pmap;   /* set when this space's pmap differs from the one its phys shares */
     kv_err err;
     uint8_t *scratch; /* KV_SCRATCH bytes */
     /* arm64: root is TTBR0's L0 table (valid if has_root0), root1 TTBR1's;
@@ -69,9 +74,12 @@ uint64_t kv_file_copy(const kv_phys *p, uint64_t off, uint64_t n, uint8_t *dst);
 /* A new space with its scratch buffer; arch, levels and root set, nothing else. */
 kv_space *kv_space_alloc(const kv_phys *p, uint64_t root, int arch, int levels);
 /* What every kv_space_set_minidump* shares: the pmap section, nentries
- * entries of width 4 or 8 bytes, widened to u64 and copied; md set with
- * version and kernbase.  0, or -1 (too many entries, no memory) with s
- * unchanged; the caller sets its architecture's direct-map fields. */
+ * entries of width 4 or 8 bytes, widened to u64; md set with version and
+ * kernbase.  The widened table is kept once by the space's kv_phys and
+ * shared by every later space given the same entries (one space per
+ * process layer); different entries get a copy of the space's own.  0, or
+ * -1 (too many entries, no memory) with s unchanged; the caller sets its
+ * architecture's direct-map fields. */
 int kv_space_set_pmap(kv_space *s, int version, uint64_t kernbase, const uint8_t *pmap, uint64_t nentries,
                       int width);
 

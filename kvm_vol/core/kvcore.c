@@ -105,6 +105,7 @@ void kv_phys_free(kv_phys *p)
     free(p->super);
     free(p->sub);
     free(p->avail);
+    free(p->pmap);
     free(p);
 }
 
@@ -427,7 +428,7 @@ void kv_space_free(kv_space *s)
 {
     if (!s)
         return;
-    free(s->pmap);
+    free(s->own_pmap);
     free(s->scratch);
     free(s);
 }
@@ -435,27 +436,57 @@ void kv_space_free(kv_space *s)
 uint8_t *kv_space_scratch(kv_space *s) { return s->scratch; }
 kv_err *kv_space_error(kv_space *s) { return &s->err; }
 
+static uint64_t entry_at(const uint8_t *pmap, uint64_t i, int width)
+{
+    if (width == 8) {
+        uint64_t e;
+        memcpy(&e, pmap + i * 8, 8);
+        return e;
+    }
+    uint32_t e;
+    memcpy(&e, pmap + i * 4, 4);
+    return e;
+}
+
+/* Whether the widened table equals nentries entries of width bytes at pmap. */
+static int same_pmap(const uint64_t *table, const uint8_t *pmap, uint64_t nentries, int width)
+{
+    if (width == 8)
+        return memcmp(table, pmap, (size_t)(nentries * 8)) == 0;
+    for (uint64_t i = 0; i < nentries; i++)
+        if (table[i] != entry_at(pmap, i, 4))
+            return 0;
+    return 1;
+}
+
 int kv_space_set_pmap(kv_space *s, int version, uint64_t kernbase, const uint8_t *pmap, uint64_t nentries,
                       int width)
 {
     if (nentries > UINT64_MAX / 8)
         return -1;
-    uint64_t *copy = NULL;
-    if (nentries) {
-        if (!(copy = malloc((size_t)(nentries * 8))))
+    /* The phys is shared state the spaces only read, except for this cache. */
+    kv_phys *p = (kv_phys *)s->phys;
+    const uint64_t *table = NULL;
+    uint64_t *own = NULL;
+    if (nentries && p->pmap && p->pmap_entries == nentries && same_pmap(p->pmap, pmap, nentries, width)) {
+        table = p->pmap;
+    } else if (nentries) {
+        uint64_t *copy = malloc((size_t)(nentries * 8));
+        if (!copy)
             return -1;
-        if (width == 8) {
-            memcpy(copy, pmap, (size_t)(nentries * 8));
+        for (uint64_t i = 0; i < nentries; i++)
+            copy[i] = entry_at(pmap, i, width);
+        if (!p->pmap) {
+            p->pmap = copy; /* the first space's table becomes the shared one */
+            p->pmap_entries = nentries;
         } else {
-            for (uint64_t i = 0; i < nentries; i++) {
-                uint32_t e;
-                memcpy(&e, pmap + i * 4, 4);
-                copy[i] = e;
-            }
+            own = copy;
         }
+        table = copy;
     }
-    free(s->pmap);
-    s->pmap = copy;
+    free(s->own_pmap);
+    s->own_pmap = own;
+    s->pmap = table;
     s->pmap_entries = nentries;
     s->md = 1;
     s->md_version = version;

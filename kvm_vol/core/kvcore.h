@@ -72,7 +72,7 @@ int kv_phys_read(const kv_phys *p, uint64_t pa, uint64_t n, uint8_t *dst, int pa
  * incoming 48-bit addresses (Volatility masks kernel addresses). */
 kv_space *kv_space_new(const kv_phys *p, uint64_t root, int levels, int canon48);
 void kv_space_free(kv_space *s);
-/* pmap: nentries u64, copied. */
+/* pmap: nentries u64, widened and kept once per kv_phys (shared by the spaces given the same entries). */
 int kv_space_set_minidump(kv_space *s, int version, uint64_t kernbase, uint64_t dmapbase, uint64_t dmapend,
                           const uint8_t *pmap, uint64_t nentries);
 /* i386 (kv_i386.c): the non-PAE 2-level (pae 0) or PAE 3-level walk from
