@@ -14,6 +14,7 @@ only to the end of its 4 KiB page, so a read inside a large page never runs
 past the end of a dump segment.
 """
 
+import abc
 import struct
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple
 
@@ -234,7 +235,7 @@ class PageTableTranslator:
         return _read_by_page(va, length, self._chunk, pad)
 
 
-class MinidumpTranslator:
+class MinidumpTranslator(abc.ABC):
     """What the minidump translators of every architecture share.
 
     A minidump keeps no page-table tree, only its "pmap" section indexed from
@@ -259,8 +260,9 @@ class MinidumpTranslator:
         self.phys = phys
         self.read_file = read_file
 
+    @abc.abstractmethod
     def kvatop(self, va: int) -> Tuple[int, int, int]:
-        raise NotImplementedError
+        """``(file_offset, pa, bytes left to the end of the page)`` for ``va``, or TranslationError."""
 
     def _chunk(self, va: int, n: int) -> bytes:
         off, pa, _avail = self.kvatop(va)
