@@ -55,3 +55,42 @@ def test_kvm_vol_info_reads_compressed(forged_images, tmp_path):
         info = dump.info()
     assert info["format"] == "minidump"
     assert [list(r) for r in dump.dump_avail] == manifest["dump_avail"]
+
+
+def test_decompression_leaves_free_space(forged_images, tmp_path, monkeypatch):
+    """A stream that would fill the cache's disk stops with one line, before writing anything big."""
+    paths, _ = forged_images["14"]
+    comp = tmp_path / "vmcore.2.gz"
+    comp.write_bytes(gzip.compress(open(paths["vmcore"], "rb").read(), 1))
+    monkeypatch.setenv("KVM_VOL_DECOMPRESS_RESERVE", str(1 << 62))  # more than any disk has free
+    proc = run_vol("-q", "-f", str(comp), "freebsd.pslist")
+    _assert_one_line_error(proc, str(comp), "decompression stopped after 0x0 bytes")
+
+
+def test_decompression_stops_midway_when_the_disk_fills(tmp_path, monkeypatch):
+    """Free space is checked as the copy grows; the partial copy is removed."""
+    from kvm_vol.errors import DumpFormatError
+    from kvm_vol.formats import compressed
+
+    comp = tmp_path / "zeros.gz"
+    comp.write_bytes(gzip.compress(bytes(8 << 20), 9))  # 8 MiB from a few KiB: an inflating stream
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KVM_VOL_DECOMPRESS_RESERVE", "0")
+    monkeypatch.setattr(compressed, "_RESERVE_CHECK", 1 << 20)
+    calls = []
+
+    class Fs:  # plenty at the start, then nothing left
+        f_frsize = 4096
+
+        def __init__(self, free):
+            self.f_bavail = free // 4096
+
+    def statvfs(_directory):
+        calls.append(1)
+        return Fs(1 << 40 if len(calls) == 1 else 0)
+
+    monkeypatch.setattr(compressed.os, "statvfs", statvfs)
+    with pytest.raises(DumpFormatError, match=r"decompression stopped after 0x100000 bytes: only 0 MiB left free"):
+        compressed.decompressed_copy(str(comp))
+    assert len(calls) == 2
+    assert [p for p in (tmp_path / "cache").rglob("*") if not p.is_dir()] == []  # no partial copy left

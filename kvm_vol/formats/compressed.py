@@ -33,6 +33,29 @@ from kvm_vol.errors import DumpFormatError
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+#: Free space the decompressed copy always leaves on the cache's file system
+#: (``KVM_VOL_DECOMPRESS_RESERVE`` bytes overrides it): a hostile stream that
+#: inflates without end stops with a clear message instead of filling the disk.
+DEFAULT_RESERVE = 64 << 20
+_RESERVE_CHECK = 16 << 20  # bytes written between free-space checks
+
+
+def _reserve() -> int:
+    try:
+        return max(0, int(os.environ.get("KVM_VOL_DECOMPRESS_RESERVE", DEFAULT_RESERVE)))
+    except ValueError:
+        return DEFAULT_RESERVE
+
+
+def _check_free_space(path: str, directory: Path, done: int, reserve: int) -> None:
+    """Refuse to go on when the cache's file system is down to ``reserve`` free bytes."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < reserve + _RESERVE_CHECK:
+        raise DumpFormatError(
+            path, f"decompression stopped after {done:#x} bytes: only {free >> 20} MiB left free in {directory} "
+                  f"(kvm-vol leaves {reserve >> 20} MiB; KVM_VOL_DECOMPRESS_RESERVE sets it); free some space or "
+                  f"point XDG_CACHE_HOME at a larger disk", None, "compressed data")
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -168,6 +191,9 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None,
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".partial-{os.getpid()}")
     done = 0
+    reserve = _reserve()
+    _check_free_space(path, target.parent, done, reserve)
+    checked = 0
     try:
         with open(path, "rb") as fh, io.BufferedReader(_Window(fh, region.offset, region.length), _CHUNK) as raw, \
                 _decompressor(raw, path, kind) as src, open(tmp, "wb") as dst:
@@ -184,6 +210,9 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None,
                     break
                 dst.write(chunk)
                 done += len(chunk)
+                if done - checked >= _RESERVE_CHECK:
+                    checked = done
+                    _check_free_space(path, target.parent, done, reserve)
                 if progress:
                     total = region.length if region.length is not None else st.st_size - region.offset
                     progress(min(99.0, 100.0 * raw.tell() / max(total, 1)), f"Decompressing {Path(path).name}")
