@@ -41,7 +41,7 @@ from kvm_vol.core import arm64 as A
 from kvm_vol.core import engine
 from kvm_vol.errors import TranslationError
 from kvm_vol.layers import coreglue
-from kvm_vol.layers.kernel import FreebsdCoreLayer
+from kvm_vol.layers.kernel import FreebsdCoreLayer, minidump_banners
 from kvm_vol.layers.physical import FreebsdDumpLayer
 
 __all__ = ["FreebsdAArch64", "FreebsdMinidumpAArch64", "find_in_minidump", "validate"]
@@ -191,15 +191,7 @@ def find_in_minidump(layer: FreebsdDumpLayer, banners: Dict[bytes, str], isf_sym
     """
     dump = layer.dump
     translator = dump.translator()
-    for banner, url in banners.items():
-        syms = isf_symbols(url)
-        if "version" not in syms:
-            continue
-        try:
-            if translator.read(syms["version"] & _U64_MAX, len(banner)) != banner:
-                continue
-        except TranslationError:
-            continue
+    for banner, syms in minidump_banners(translator, banners, lambda va: va & _U64_MAX, symbols=isf_symbols):
         root = 0
         if ROOT_SYMBOL in syms:
             try:

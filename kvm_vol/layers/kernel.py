@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import struct
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import intel, physical, resources, scanners
@@ -210,6 +210,29 @@ def layout_problem(layer: interfaces.layers.DataLayerInterface, url: str) -> Opt
     return None
 
 
+def minidump_banners(translator, banners: Dict[bytes, str], address=lambda va: va,
+                     symbols=None) -> Iterable[Tuple[bytes, Dict[str, int]]]:
+    """``(banner, ISF symbols)`` of each known kernel whose banner reads back in a minidump.
+
+    ``translator`` is the dump's own (libkvm's minidump rules: no page-table
+    root needed); ``address`` turns an ISF symbol address into the kernel
+    VA (amd64 sign-extends Volatility's 48-bit offsets); ``symbols(url)``
+    gives an ISF's symbols (default :func:`isf_symbols`).  Every
+    architecture's stacker path starts from this; what it then reads (the
+    page-table root) is its own.
+    """
+    for banner, url in banners.items():
+        syms = (symbols or isf_symbols)(url)
+        if "version" not in syms:
+            continue
+        try:
+            if translator.read(address(syms["version"]), len(banner)) != banner:
+                continue
+        except TranslationError:
+            continue
+        yield banner, syms
+
+
 #: Why the last stacking attempt found no kernel (read by the symbol finder
 #: to give ``vol`` users one precise line instead of a page of requirements).
 LAST_DIAGNOSIS: Dict[str, str] = {}
@@ -313,16 +336,7 @@ class FreebsdKernelStacker(interfaces.automagic.StackerLayerInterface):
 
             return aarch64.find_in_minidump(layer, banners, isf_symbols)
         translator = layer.dump.translator()
-        for banner, url in banners.items():
-            syms = isf_symbols(url)
-            if "version" not in syms:
-                continue
-            try:
-                data = translator.read(canonical(syms["version"]), len(banner))
-            except TranslationError:
-                continue
-            if data != banner:
-                continue
+        for banner, syms in minidump_banners(translator, banners, canonical):
             dtb = 0
             if "KPML4phys" in syms:
                 try:

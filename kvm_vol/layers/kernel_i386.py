@@ -37,7 +37,7 @@ from kvm_vol.core.i386 import (  # noqa: F401 - KERNEL_SYMBOLS is re-exported
 )
 from kvm_vol.errors import TranslationError
 from kvm_vol.layers import coreglue
-from kvm_vol.layers.kernel import FreebsdCoreLayer
+from kvm_vol.layers.kernel import FreebsdCoreLayer, minidump_banners
 from kvm_vol.layers.physical import FreebsdDumpLayer
 
 __all__ = [
@@ -131,15 +131,7 @@ def find_in_minidump(layer: FreebsdDumpLayer, banners: Dict[bytes, str], isf_sym
     """
     dump = layer.dump
     translator = dump.translator()
-    for banner, url in banners.items():
-        syms = isf_symbols(url)
-        if "version" not in syms:
-            continue
-        try:
-            if translator.read(syms["version"], len(banner)) != banner:
-                continue
-        except TranslationError:
-            continue
+    for banner, syms in minidump_banners(translator, banners, symbols=isf_symbols):
 
         def read_u32(va: int) -> Optional[int]:
             try:
