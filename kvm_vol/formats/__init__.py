@@ -30,7 +30,7 @@ from kvm_vol.formats.source import FileSource, Source, SubSource
 
 __all__ = ["Dump", "Run", "detect", "open_dump"]
 
-from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compressed_region, decompressed_copy  # noqa: E402
+from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compressed_region, decompressed_copy, origin_of  # noqa: E402
 _TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX tar header
 #: kerneldumpheader ``architecture`` values whose dumps kvm-vol parses.
 READABLE_ARCHITECTURES = ("amd64", "i386", "aarch64")  # aarch64: arm64's MACHINE_ARCH
@@ -227,7 +227,7 @@ def _refuse_textdump(source: Source) -> None:
     if td is not None:
         message = textdump.refusal(td) + (f" ({td.problems[0]})" if td.problems else "")
         field = "kerneldumpheader" if td.form == "device" else "magic"
-        raise DumpFormatError(source.name, message, td.kdh_offset or 0, field)
+        raise DumpFormatError(origin_of(source.name) or source.name, message, td.kdh_offset or 0, field)
 
 
 def detect(source: Source) -> Dump:

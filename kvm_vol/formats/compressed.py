@@ -26,7 +26,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from kvm_vol.errors import DumpFormatError
 
@@ -148,6 +148,18 @@ class _Window(io.RawIOBase):
         return self._pos - self._start
 
 
+#: decompressed copy (absolute path) -> the compressed file it was made from, for this process
+_ORIGINS: Dict[str, str] = {}
+
+
+def origin_of(path: str) -> Optional[str]:
+    """The compressed file whose decompressed copy ``path`` is (made by this process), or None.
+
+    Messages about a dump read through its copy name the file the user gave.
+    """
+    return _ORIGINS.get(os.path.abspath(path))
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/kvm-vol/decompressed`` (``~/.cache/...`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -186,6 +198,7 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None,
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
     target = cache_dir() / f"{stem}-{key}"
+    _ORIGINS[os.path.abspath(str(target))] = os.path.abspath(path)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,5 +239,5 @@ def decompressed_copy(path: str, progress: Optional[ProgressCallback] = None,
     return target
 
 
-__all__ = ["compression_of", "compressed_region", "decompressed_copy", "cache_dir", "Region", "KDH_METHODS",
+__all__ = ["compression_of", "compressed_region", "decompressed_copy", "cache_dir", "origin_of", "Region", "KDH_METHODS",
            "GZIP_MAGIC", "ZSTD_MAGIC"]

@@ -343,13 +343,16 @@ def safe_member_path(name: str) -> Optional[str]:
 
 def refusal(td: TextDump) -> str:
     """What ``vol`` says when asked to analyse a textdump."""
+    from kvm_vol.formats.compressed import origin_of
+
+    path = origin_of(td.path) or td.path  # a .gz textdump is read through its decompressed copy
     names = ", ".join(m.name for m in td.members[:8]) + (", ..." if len(td.members) > 8 else "")
     where = ("written backwards behind a 'FreeBSD Text Dump' kerneldumpheader"
              if td.form == "device" else "a tar archive")
     return (f"this is a FreeBSD textdump ({where}): {len(td.members)} files of ddb output"
             f"{' (' + names + ')' if names else ''}, not a memory image; list them with "
-            f"'kvm-vol textdump list {td.path}' and extract them with "
-            f"'kvm-vol textdump extract {td.path} -o DIR'")
+            f"'kvm-vol textdump list {path}' and extract them with "
+            f"'kvm-vol textdump extract {path} -o DIR'")
 
 
 def format_time(mtime: int) -> str:
