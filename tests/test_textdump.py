@@ -214,6 +214,25 @@ def test_damaged_header_and_runaway_member_count(tmp_path, capsys):
         assert len(td.members) == textdump.MAX_MEMBERS and "more than" in td.problems[0]
 
 
+def test_savecore_form_without_ustar_magic(dumps, tmp_path, capsys):
+    """The first header's magic gone (docs/fuzzing.md listed this as a limit): still a textdump,
+    reported as damaged, not scanned as memory (where version.txt's banner would be "found")."""
+    data = bytearray(open(dumps["textdump.tar.0"], "rb").read())
+    data[257:263] = bytes(6)
+    path = str(tmp_path / "textdump.tar.2")
+    with open(path, "wb") as fh:
+        fh.write(bytes(data))
+    proc = run_vol("-q", "-f", path, "freebsd.pslist")
+    _assert_one_line_error(proc, path, "FreeBSD textdump", "0 files", "bad header checksum")
+    code, out, err = kvm_vol(capsys, "textdump", "list", path)
+    assert code == 1 and "bad header checksum" in err
+    # A name alone is not enough unless it is one the kernel writes.
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"notes.txt".ljust(TEXTDUMP_BLOCKSIZE, b"\0"))
+    code, _, err = kvm_vol(capsys, "textdump", "list", str(other))
+    assert code == 2 and "not a textdump" in err
+
+
 @pytest.mark.parametrize("dumplength, needle", [(1000, "not a multiple of 512"), (1 << 40, "past the end")])
 def test_textdump_header_pointing_nowhere(tmp_path, capsys, dumplength, needle):
     path = tmp_path / "kdh-text"

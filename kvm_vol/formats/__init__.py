@@ -31,7 +31,6 @@ from kvm_vol.formats.source import FileSource, Source, SubSource
 __all__ = ["Dump", "Run", "detect", "open_dump"]
 
 from kvm_vol.formats.compressed import GZIP_MAGIC as _GZIP_MAGIC, ZSTD_MAGIC as _ZSTD_MAGIC, compressed_region, decompressed_copy, origin_of  # noqa: E402
-_TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX tar header
 #: kerneldumpheader ``architecture`` values whose dumps kvm-vol parses.
 READABLE_ARCHITECTURES = ("amd64", "i386", "aarch64")  # aarch64: arm64's MACHINE_ARCH
 #: Block sizes tried when looking for a trailer at the end of a dump-device copy.
@@ -198,7 +197,9 @@ def _open_inner(view: Source, kdh: Optional[KernelDumpHeader]) -> Dump:
             raise DumpFormatError(
                 view.name, f"{tool}-compressed file (savecore's vmcore.N{suffix}?): decompress it first "
                 f"({tool} -d); kvm-vol reads uncompressed dumps", view.origin, "magic")
-    if head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar":
+    from kvm_vol.formats.textdump import looks_like_savecore_form
+
+    if looks_like_savecore_form(head):
         if kdh is None:
             _refuse_textdump(view)
         raise DumpFormatError(

@@ -40,7 +40,7 @@ from kvm_vol.formats.kdh import KDH_SIZE, TEXTDUMPMAGIC, KernelDumpHeader
 from kvm_vol.formats.source import FileSource, Source
 
 __all__ = ["TEXTDUMP_BLOCKSIZE", "USTAR", "TEXTDUMP_FILES", "Member", "TextDump", "probe", "probe_file", "open_textdump", "has_text_trailer",
-           "pack_ustar_header", "ustar_checksum", "safe_member_path", "refusal"]
+           "pack_ustar_header", "ustar_checksum", "safe_member_path", "refusal", "looks_like_savecore_form"]
 
 #: ``TEXTDUMP_BLOCKSIZE`` (sys/sys/kerneldump.h): the tar block and the header size.
 TEXTDUMP_BLOCKSIZE = 512
@@ -228,8 +228,20 @@ class TextDump:
         self.close()
 
 
-def _looks_like_ustar(block: bytes) -> bool:
-    return len(block) >= TEXTDUMP_BLOCKSIZE and block[_MAGIC_OFFSET:_MAGIC_OFFSET + 5] == b"ustar"
+def looks_like_savecore_form(block: bytes) -> bool:
+    """Whether ``block`` opens a savecore'd textdump: the ustar magic, or a textdump member's name.
+
+    The name alone is enough because a damaged first header (its magic gone)
+    must still be reported as a damaged textdump; otherwise ``vol`` scans the
+    archive as memory and finds ``version.txt``'s banner.  No memory image
+    starts with "ddb.txt\0" and friends.
+    """
+    if len(block) < TEXTDUMP_BLOCKSIZE:
+        return False
+    if block[_MAGIC_OFFSET:_MAGIC_OFFSET + 5] == b"ustar":
+        return True
+    name, nul, _ = block[:100].partition(b"\0")
+    return bool(nul) and name.decode("latin-1") in TEXTDUMP_FILES
 
 
 def _text_trailer(source: Source) -> Optional[Tuple[KernelDumpHeader, int]]:
@@ -291,7 +303,7 @@ def probe(source: Source) -> Optional[TextDump]:
         if trailer_only is not None:
             td.problems.append(f"kerneldumpheader at offset {leader:#x} disagrees with the trailer at "
                                f"{leader + KDH_SIZE + kdh.dumplength:#x}; the trailer is used (as savecore -f does)")
-    elif _looks_like_ustar(source.read(0, TEXTDUMP_BLOCKSIZE)):
+    elif looks_like_savecore_form(source.read(0, TEXTDUMP_BLOCKSIZE)):
         td = TextDump(source, "savecore", source.size)
     else:
         return None
