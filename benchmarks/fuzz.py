@@ -35,8 +35,17 @@ def print_summary(summary: dict, elapsed: float = None) -> None:
 
 
 def read_records(path: str):
-    """The records of a JSONL file; a line cut short by a killed run is skipped, not fatal."""
-    with open(path) as fh:
+    """The records of a JSONL file (``.xz`` too, as committed under ``benchmarks/results``).
+
+    A line cut short by a killed run is skipped, not fatal.
+    """
+    if path.endswith(".xz"):
+        import lzma
+
+        fh = lzma.open(path, "rt")
+    else:
+        fh = open(path)
+    with fh:
         for line in fh:
             try:
                 yield json.loads(line)
@@ -63,7 +72,11 @@ def main() -> int:
     from kvm_vol.forge import fuzzrun
 
     if args.summarize:
-        print_summary(fuzzrun.summarize(read_records(args.summarize)))
+        try:
+            print_summary(fuzzrun.summarize(read_records(args.summarize)))
+        except (OSError, EOFError) as exc:  # lzma.LZMAError is an OSError
+            print(f"fuzz.py: cannot read records from {args.summarize}: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     work = tempfile.mkdtemp(prefix="kvm-vol-fuzz-")
