@@ -361,7 +361,13 @@ def canonical(address: int) -> int:
 
 
 def pipe_details(rec: FileRecord, owners: Dict[int, tuple]) -> str:
-    """``pipe <this> peer <other> (pid P fd N) B bytes buffered``; owners maps pipe VA -> (pid, fd)."""
+    """``pipe <this> peer <other> (pid P fd N) B bytes buffered``; owners maps pipe VA -> (pid, fd).
+
+    A pipe whose ``struct pipe`` could not be read has no peer: its details
+    say it was unreadable (the fuzzer's truncated images met this).
+    """
+    if rec.pipe_peer is None:
+        return f"pipe {canonical(rec.data):#x} {rec.details or 'unreadable'}"
     text = f"pipe {canonical(rec.data):#x} peer {canonical(rec.pipe_peer):#x}"
     if rec.pipe_peer in owners:
         pid, fd = owners[rec.pipe_peer]
