@@ -105,6 +105,30 @@ def pid_requirement(description: str = "Process IDs to include (all others are e
     return requirements.ListRequirement(name="pid", element_type=int, optional=True, description=description)
 
 
+_VIS = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character escaped (``\\x1b``, ``\\t``, ``\\u200e``), as FreeBSD's
+    ps(1), dmesg(8) and procstat(1) pass memory's strings through vis(3).
+
+    Names, arguments, environments, paths and kernel messages come from the
+    image; unescaped, a hostile one could move the cursor, clear or retitle
+    the analyst's terminal, or hide a line.  (Bytes that are not UTF-8 are
+    already U+FFFD from the decoders.)
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _VIS.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                                                              f"\\u{ord(c):04x}") for c in text)
+
+
+def printable_rows(rows):
+    """A plugin's ``(level, row)`` generator with every ``str`` value passed through :func:`printable`."""
+    for level, row in rows:
+        yield level, tuple(printable(v) if isinstance(v, str) else v for v in row)
+
+
 _check_framework()
 exclude_other_os_automagic()
 register_symbol_dirs()
