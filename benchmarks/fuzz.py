@@ -62,29 +62,45 @@ def main() -> int:
     parser.add_argument("--release", default="14")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--plugins-per-case", type=int, default=0, help="0: every plugin")
-    parser.add_argument("--mutations", choices=("every", "classic"), default="every",
+    parser.add_argument("--mutations", choices=("every", "device", "classic"), default="every",
                         help="classic: the 13 container and kernel mutations only (as runs made before the "
-                             "textdump and compressed-device mutations existed, e.g. seed 1 in docs/fuzzing.md)")
+                             "textdump and compressed-device mutations existed, e.g. seed 1 in docs/fuzzing.md); "
+                             "device: those and the 2 device mutations (seed 2); every: all 19, with the "
+                             "p_args, ps_strings, file table and name cache mutations")
+    parser.add_argument("--only", metavar="NAME[,NAME...]",
+                        help="draw only these mutations (e.g. file-table,pargs), to hunt in one class")
     parser.add_argument("--out", help="JSONL file to append records to (default: in the work directory)")
     parser.add_argument("--summarize", metavar="JSONL", help="only summarize an existing record file")
     args = parser.parse_args()
 
-    from kvm_vol.forge import fuzzrun
+    from kvm_vol.forge import fuzzrun, mutate
 
     if args.summarize:
         try:
             print_summary(fuzzrun.summarize(read_records(args.summarize)))
+        except BrokenPipeError:  # | head
+            raise
         except (OSError, EOFError) as exc:  # lzma.LZMAError is an OSError
             print(f"fuzz.py: cannot read records from {args.summarize}: {exc}", file=sys.stderr)
             return 2
         return 0
+
+    draw_from = {"every": mutate.EVERY_MUTATION, "device": mutate.DEVICE_ERA_MUTATIONS,
+                 "classic": mutate.ALL_MUTATIONS}[args.mutations]
+    if args.only:
+        draw_from = args.only.split(",")
+        unknown = sorted(set(draw_from) - set(mutate.EVERY_MUTATION))
+        if unknown:
+            print(f"fuzz.py: unknown mutation(s) {', '.join(unknown)}; known: {', '.join(mutate.EVERY_MUTATION)}",
+                  file=sys.stderr)
+            return 2
 
     work = tempfile.mkdtemp(prefix="kvm-vol-fuzz-")
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(work, "cache"))
     os.environ.setdefault("KVM_VOL_SYMBOLS_DIR", os.path.join(work, "symbols"))
     out = args.out or os.path.join(work, "fuzz.jsonl")
 
-    from kvm_vol.forge import build, mutate
+    from kvm_vol.forge import build
     from kvm_vol.forge.demo import pack_for_release
     from kvm_vol.paths import user_symbols_dir
 
@@ -105,7 +121,7 @@ def main() -> int:
             try:
                 fuzzrun.run_cases(base, os.path.join(work, f"img{w}"), args.seed, indices[w::max(1, args.jobs)],
                                   out, per_case=args.plugins_per_case, timeout=args.timeout,
-                                  draw_from=mutate.EVERY_MUTATION if args.mutations == "every" else mutate.ALL_MUTATIONS)
+                                  draw_from=draw_from)
             except BaseException:
                 import traceback
 

@@ -8,7 +8,10 @@ be replayed from its name and seed:
   headers, kerneldumpheader fields, truncation;
 * **kernel** mutations work on the machine before it is written: cycles in
   ``allproc`` and ``p_threads``, self-parented processes, wild pointers,
-  absurd counts, unterminated names;
+  absurd counts, unterminated names; and, in the sources of the records the
+  plugins print (:data:`RECORD_MUTATIONS`), absurd lengths and wild pointers
+  in ``p_args``, the user stack's ``ps_strings``, descriptor tables,
+  ``struct file`` and the name cache paths are rebuilt from;
 * **device** mutations write what else a dump device holds, damaged:
   textdumps and dumps the kernel compressed (drawn only from
   :data:`EVERY_MUTATION`, so runs made before they existed replay unchanged).
@@ -119,6 +122,159 @@ def k_unterminated_names(forged: Forged, rnd: random.Random) -> str:
     return f"pid {proc['pid']} p_comm/td_name without NUL, non-UTF-8"
 
 
+ABSURD_LENGTHS = (0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000, 0x10000000, 100000)
+
+
+def _user_pa(m, proc_va: int, uva: int) -> int:
+    """Physical address of user VA ``uva`` in process ``proc_va`` (amd64 4-level walk of its pmap).
+
+    User pages are written by the forge through physical memory; a mutation
+    writes them back through the direct map (``write_kva``) so the
+    :class:`Journal` sees and undoes the change.
+    """
+    L = m.layout
+    vm = m.read_ptr(proc_va + L.offsetof("proc", "p_vmspace"))
+    table = m.read_uint(vm + L.offsetof("vmspace", "vm_pmap.pm_cr3"), 8)
+    for shift in (39, 30, 21, 12):
+        entry = m.mem.read_u64((table & 0x000FFFFFFFFFF000) + 8 * ((uva >> shift) & 511))
+        if not entry & 1:
+            raise KeyError(f"forge: user address {uva:#x} of proc {proc_va:#x} is not mapped")
+        table = entry
+    return (table & 0x000FFFFFFFFFF000) | (uva & 0xFFF)
+
+
+def _write_user(m, proc_va: int, uva: int, data: bytes) -> None:
+    for i in range(len(data)):  # byte by byte: a range may cross into another physical page
+        m.write_kva(m.dmap(_user_pa(m, proc_va, uva + i)), data[i:i + 1])
+
+
+def k_pargs(forged: Forged, rnd: random.Random) -> str:
+    """``p_args``: an absurd ``ar_length``, argument bytes without NUL, or a wild ``p_args``."""
+    m, L = forged.machine, forged.machine.layout
+    proc = rnd.choice([p for p in _procs(forged) if p.get("p_args")])
+    pa = m.read_ptr(proc["offset"] + L.offsetof("proc", "p_args"))
+    how = rnd.choice(("length", "unterminated", "wild"))
+    if how == "length":
+        value = rnd.choice(ABSURD_LENGTHS)
+        m.write_kva(pa + L.offsetof("pargs", "ar_length"), U32.pack(value))
+        return f"pid {proc['pid']} p_args->ar_length = {value:#x}"
+    if how == "unterminated":
+        length = m.read_uint(pa + L.offsetof("pargs", "ar_length"), 4)
+        m.write_kva(pa + L.offsetof("pargs", "ar_args"), bytes(rnd.randrange(1, 256) for _ in range(length)))
+        return f"pid {proc['pid']} p_args->ar_args ({length} bytes) without NUL"
+    value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
+    m.write_ptr(proc["offset"] + L.offsetof("proc", "p_args"), value)
+    return f"pid {proc['pid']} p_args = {value:#x}"
+
+
+def k_ps_strings(forged: Forged, rnd: random.Random) -> str:
+    """The user stack's ``struct ps_strings``: absurd counts, wild vectors, a wild or unterminated string."""
+    m, L = forged.machine, forged.machine.layout
+    proc = rnd.choice([p for p in _procs(forged) if p.get("ps_strings") and p.get("argv")])
+    pss, va = proc["ps_strings"], proc["offset"]
+    how = rnd.choice(("count", "vector", "string", "unterminated"))
+    vectors = ("ps_argvstr", "ps_envstr") if proc.get("env") else ("ps_argvstr",)  # no env: envp[0] is NULL
+    field = rnd.choice(("ps_nargvstr", "ps_nenvstr") if how == "count" else vectors)
+    off = L.offsetof("ps_strings", field)
+    if how == "count":
+        value = rnd.choice(ABSURD_LENGTHS)
+        _write_user(m, va, pss + off, U32.pack(value))
+        return f"pid {proc['pid']} ps_strings.{field} = {value:#x}"
+    vector = U64.unpack(bytes(m.mem.read(_user_pa(m, va, pss + off), 8)))[0]
+    if how == "vector":
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64), pss))
+        _write_user(m, va, pss + off, U64.pack(value))
+        return f"pid {proc['pid']} ps_strings.{field} = {value:#x}"
+    string = U64.unpack(bytes(m.mem.read(_user_pa(m, va, vector), 8)))[0]
+    if how == "string":
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
+        _write_user(m, va, vector, U64.pack(value))
+        return f"pid {proc['pid']} {field}[0] = {value:#x}"
+    # Every byte from the first string up to ps_strings without a NUL (and not UTF-8).
+    _write_user(m, va, string, bytes(rnd.randrange(1, 256) for _ in range(pss - string)))
+    return f"pid {proc['pid']} strings from {field}[0] to ps_strings without NUL"
+
+
+def _open_files(m, proc_va: int) -> Tuple[int, int, List[int]]:
+    """(fdescenttbl address, fdt_nfiles, addresses of the non-NULL fde_file slots) of a process."""
+    L = m.layout
+    fdp = m.read_ptr(proc_va + L.offsetof("proc", "p_fd"))
+    if not fdp:
+        return 0, 0, []
+    table = m.read_ptr(fdp + L.offsetof("filedesc", "fd_files"))
+    nfiles = m.read_uint(table + L.offsetof("fdescenttbl", "fdt_nfiles"), 4)
+    base, esize = table + L.offsetof("fdescenttbl", "fdt_ofiles"), L.sizeof("filedescent")
+    return table, nfiles, [base + i * esize for i in range(nfiles) if m.read_ptr(base + i * esize)]
+
+
+def k_file_table(forged: Forged, rnd: random.Random) -> str:
+    """A descriptor table: absurd ``fdt_nfiles``, a wild ``fde_file``, or a ``struct file`` with a wild
+    ``f_data``/``f_vnode``/``f_ops``/``f_cred``, an unknown ``f_type`` or an absurd ``f_offset``."""
+    m, L = forged.machine, forged.machine.layout
+    procs = [p for p in _procs(forged) if _open_files(m, p["offset"])[2]]
+    proc = rnd.choice(procs)
+    table, nfiles, slots = _open_files(m, proc["offset"])
+    how = rnd.choice(("nfiles", "slot", "file", "file", "file"))
+    if how == "nfiles":
+        value = rnd.choice(ABSURD_LENGTHS)
+        m.write_kva(table + L.offsetof("fdescenttbl", "fdt_nfiles"), U32.pack(value))
+        return f"pid {proc['pid']} fdt_nfiles {nfiles} -> {value:#x}"
+    slot = rnd.choice(slots)
+    fd = (slot - table - L.offsetof("fdescenttbl", "fdt_ofiles")) // L.sizeof("filedescent")
+    if how == "slot":
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
+        m.write_ptr(slot, value)
+        return f"pid {proc['pid']} fd {fd} fde_file = {value:#x}"
+    fp = m.read_ptr(slot)
+    field = rnd.choice(("f_data", "f_vnode", "f_ops", "f_cred", "f_type", "f_offset"))
+    if field == "f_type":
+        value = rnd.choice((0, 13, 0x7FFF, 0xFFFF, rnd.randrange(1, 13)))
+        m.write_kva(fp + L.offsetof("file", "f_type"), struct.pack("<H", value))
+    elif field == "f_offset":
+        value = rnd.choice((0xFFFFFFFFFFFFFFFF, 0x8000000000000000, rnd.getrandbits(64)))
+        m.write_kva(fp + L.offsetof("file", "f_offset"), U64.pack(value))
+    else:
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
+        m.write_ptr(fp + L.offsetof("file", field), value)
+    return f"pid {proc['pid']} fd {fd} {field} = {value:#x}"
+
+
+def k_vnode_names(forged: Forged, rnd: random.Random) -> str:
+    """The name cache a path is rebuilt from: absurd ``nc_nlen``, names with escapes or without NUL,
+    a cycle in ``v_cache_dst``, a wild ``nc_dvp`` or an unknown ``v_type``."""
+    m, L = forged.machine, forged.machine.layout
+    proc = rnd.choice([p for p in _procs(forged) if _open_files(m, p["offset"])[2]])
+    vnodes = []
+    for slot in _open_files(m, proc["offset"])[2]:
+        vp = m.read_ptr(m.read_ptr(slot) + L.offsetof("file", "f_vnode"))
+        if vp and m.read_ptr(vp + L.offsetof("vnode", "v_cache_dst.tqh_first")):
+            vnodes.append(vp)
+    if not vnodes:
+        return k_file_table(forged, rnd)
+    vp = rnd.choice(vnodes)
+    ncp = m.read_ptr(vp + L.offsetof("vnode", "v_cache_dst.tqh_first"))
+    how = rnd.choice(("nlen", "name", "cycle", "dvp", "vtype"))
+    if how == "nlen":
+        value = rnd.choice((0, 255, 200))
+        m.write_kva(ncp + L.offsetof("namecache", "nc_nlen"), bytes([value]))
+        return f"vnode {vp:#x} nc_nlen = {value}"
+    if how == "name":
+        nlen = m.read_uint(ncp + L.offsetof("namecache", "nc_nlen"), 1)
+        name = rnd.choice((b"\x1b[2J\x07", b"../../etc", b"a/b", b"\xff\xfe"))[:max(nlen, 1)].ljust(nlen, b"\xff")
+        m.write_kva(ncp + L.offsetof("namecache", "nc_name"), name + b"\xff")
+        return f"vnode {vp:#x} nc_name = {name!r} without NUL"
+    if how == "cycle":
+        m.write_ptr(ncp + L.offsetof("namecache", "nc_dst.tqe_next"), ncp)
+        return f"vnode {vp:#x} namecache {ncp:#x} nc_dst.tqe_next -> itself"
+    if how == "dvp":
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64), vp))
+        m.write_ptr(ncp + L.offsetof("namecache", "nc_dvp"), value)
+        return f"vnode {vp:#x} nc_dvp = {value:#x}"
+    value = rnd.choice((9, 0xFF, 0x7FFFFFFF, 0xFFFFFFFF))
+    m.write_kva(vp + L.offsetof("vnode", "v_type"), U32.pack(value))
+    return f"vnode {vp:#x} v_type = {value:#x}"
+
+
 KERNEL_MUTATIONS: Dict[str, Callable[[Forged, random.Random], str]] = {
     "allproc-cycle": k_allproc_cycle,
     "threads-cycle": k_threads_cycle,
@@ -126,6 +282,15 @@ KERNEL_MUTATIONS: Dict[str, Callable[[Forged, random.Random], str]] = {
     "wild-pointer": k_wild_pointer,
     "absurd-counts": k_absurd_counts,
     "unterminated-names": k_unterminated_names,
+}
+#: Kernel mutations of the user-visible records' sources (argument and environment strings, file
+#: tables, path names), added after the long runs of docs/fuzzing.md: kept out of
+#: :data:`KERNEL_MUTATIONS` so :data:`ALL_MUTATIONS` and older runs replay unchanged.
+RECORD_MUTATIONS: Dict[str, Callable[[Forged, random.Random], str]] = {
+    "pargs": k_pargs,
+    "ps-strings": k_ps_strings,
+    "file-table": k_file_table,
+    "vnode-names": k_vnode_names,
 }
 
 
@@ -329,7 +494,10 @@ DEVICE_MUTATIONS: Dict[str, Callable[[Forged, str, random.Random], Tuple[str, st
     "textdump": d_textdump,
     "kdh-compressed": d_kdh_compressed,
 }
-EVERY_MUTATION = ALL_MUTATIONS + sorted(DEVICE_MUTATIONS)
+#: The 15 mutations of the runs made before :data:`RECORD_MUTATIONS` existed (seed 2 of docs/fuzzing.md).
+DEVICE_ERA_MUTATIONS = ALL_MUTATIONS + sorted(DEVICE_MUTATIONS)
+#: Every mutation there is: what long runs and CI draw from.
+EVERY_MUTATION = DEVICE_ERA_MUTATIONS + sorted(RECORD_MUTATIONS)
 
 
 class Journal:
@@ -378,9 +546,9 @@ def make_case(base: Forged, directory: str, seed: int, index: int, mutation: Opt
     name = mutation or drawn
     os.makedirs(directory, exist_ok=True)
     stem = f"case-{seed}-{index}"
-    if name in KERNEL_MUTATIONS:
+    if name in KERNEL_MUTATIONS or name in RECORD_MUTATIONS:
         with Journal(base.machine):
-            detail = KERNEL_MUTATIONS[name](base, rnd)
+            detail = {**KERNEL_MUTATIONS, **RECORD_MUTATIONS}[name](base, rnd)
             fmt = rnd.choice(("vmcore", "full", "raw"))
             path = base.write(directory, stem=stem, formats=(fmt,))[fmt]
     elif name in DEVICE_MUTATIONS:
@@ -394,5 +562,6 @@ def make_case(base: Forged, directory: str, seed: int, index: int, mutation: Opt
     return Case(path=path, fmt=fmt, mutation=name, detail=detail)
 
 
-__all__ = ["Case", "Journal", "make_case", "KERNEL_MUTATIONS", "CONTAINER_MUTATIONS", "DEVICE_MUTATIONS",
+__all__ = ["Case", "Journal", "make_case", "KERNEL_MUTATIONS", "RECORD_MUTATIONS", "CONTAINER_MUTATIONS",
+           "DEVICE_MUTATIONS", "DEVICE_ERA_MUTATIONS",
            "ALL_MUTATIONS", "EVERY_MUTATION"]

@@ -58,3 +58,64 @@ def test_banner_in_messages_is_a_printable_c_string():
     K._diagnose(Layer(), None, {})
     banner = K.LAST_DIAGNOSIS["banner"]
     assert banner == "FreeBSD 14.3-RELEASE \\x1b[2J\\x07 GENERIC" and banner.isprintable()
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(session_dir):
+    """The fuzz runs' machine (14.3 amd64 demo) with its ISF installed for ``vol``."""
+    from kvm_vol.forge import build
+    from kvm_vol.forge.demo import pack_for_release
+    from kvm_vol.paths import user_symbols_dir
+
+    pack = pack_for_release("14")
+    forged = build.build(pack)
+    (user_symbols_dir() / "freebsd").mkdir(parents=True, exist_ok=True)
+    forged.write_isf(str(user_symbols_dir() / "freebsd" / f"fuzz-{pack}.json.xz"))
+    return forged
+
+
+def test_pipe_whose_struct_pipe_is_unreadable(fuzz_base, tmp_path):
+    """seed 3 (all plugins per case): ``truncate`` raw image cut at 0x38d27c6, ``freebsd.files``.
+
+    The ``struct file`` of a pipe was readable but its ``struct pipe`` was
+    not: ``pipe_peer`` stayed None and formatting it raised TypeError.  The
+    row now says the pipe was unreadable.
+    """
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=3, index=496, draw_from=mutate.DEVICE_ERA_MUTATIONS)
+    assert (case.mutation, case.fmt, case.detail) == ("truncate", "raw", "truncated to 0x38d27c6")
+    proc = run_vol("-q", "-r", "json", "-f", case.path, "freebsd.files")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    import json
+
+    pipes = [r for r in json.loads(proc.stdout) if r["TYPE"] == "PIPE"]
+    assert pipes and any("unreadable" in r["DETAILS"] for r in pipes), pipes
+
+
+def test_pipe_details_without_a_peer():
+    from kvm_vol.kvm.files import FileRecord, pipe_details
+
+    rec = FileRecord(fd="3", type="PIPE", flags=0, offset=0)
+    rec.data, rec.details = 0xFFFFF80003A00000, "unreadable (PagedInvalidAddressException)"
+    assert pipe_details(rec, {}) == "pipe 0xfffff80003a00000 unreadable (PagedInvalidAddressException)"
+
+
+def test_terminal_escapes_in_names_are_shown_escaped(fuzz_base, tmp_path):
+    """A name-cache entry holding ESC [ 2 J BEL (clear screen, bell) reaches the analyst as text:
+    ``\\x1b[2J\\x07``, as FreeBSD's procstat/ps pass strings through vis(3)."""
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=5, index=76, mutation="vnode-names")
+    assert case.fmt == "full" and "nc_name = b'\\x1b[2J\\x07" in case.detail
+    proc = run_vol("-q", "-f", case.path, "freebsd.files")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert "\\x1b[2J\\x07" in proc.stdout
+
+
+def test_printable():
+    from kvm_vol.volatility import printable
+
+    assert printable("/usr/bin/sh") == "/usr/bin/sh"
+    assert printable("a\tb\nc\x1b[0m\x7f\x9b\u200e\ufffd") == "a\\tb\\nc\\x1b[0m\\x7f\\x9b\\u200e\ufffd"
