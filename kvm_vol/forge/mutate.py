@@ -175,20 +175,22 @@ def k_ps_strings(forged: Forged, rnd: random.Random) -> str:
     how = rnd.choice(("count", "vector", "string", "unterminated"))
     vectors = ("ps_argvstr", "ps_envstr") if proc.get("env") else ("ps_argvstr",)  # no env: envp[0] is NULL
     field = rnd.choice(("ps_nargvstr", "ps_nenvstr") if how == "count" else vectors)
-    off = L.offsetof("ps_strings", field)
+    # A 32-bit process (COMPAT_FREEBSD32) has a struct freebsd32_ps_strings of 4-byte pointers.
+    stype, ptr = ("freebsd32_ps_strings", U32) if "ELF32" in proc.get("emul", "") else ("ps_strings", U64)
+    off = L.offsetof(stype, field)
     if how == "count":
         value = rnd.choice(ABSURD_LENGTHS)
         _write_user(m, va, pss + off, U32.pack(value))
-        return f"pid {proc['pid']} ps_strings.{field} = {value:#x}"
-    vector = U64.unpack(bytes(m.mem.read(_user_pa(m, va, pss + off), 8)))[0]
+        return f"pid {proc['pid']} {stype}.{field} = {value:#x}"
+    vector = ptr.unpack(bytes(m.mem.read(_user_pa(m, va, pss + off), ptr.size)))[0]
     if how == "vector":
-        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64), pss))
-        _write_user(m, va, pss + off, U64.pack(value))
-        return f"pid {proc['pid']} ps_strings.{field} = {value:#x}"
-    string = U64.unpack(bytes(m.mem.read(_user_pa(m, va, vector), 8)))[0]
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64), pss)) & ((1 << 8 * ptr.size) - 1)
+        _write_user(m, va, pss + off, ptr.pack(value))
+        return f"pid {proc['pid']} {stype}.{field} = {value:#x}"
+    string = ptr.unpack(bytes(m.mem.read(_user_pa(m, va, vector), ptr.size)))[0]
     if how == "string":
-        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),))
-        _write_user(m, va, vector, U64.pack(value))
+        value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),)) & ((1 << 8 * ptr.size) - 1)
+        _write_user(m, va, vector, ptr.pack(value))
         return f"pid {proc['pid']} {field}[0] = {value:#x}"
     # Every byte from the first string up to ps_strings without a NUL (and not UTF-8).
     _write_user(m, va, string, bytes(rnd.randrange(1, 256) for _ in range(pss - string)))
