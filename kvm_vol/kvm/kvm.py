@@ -646,7 +646,9 @@ class KVM(SystemAPI):  # getloadavg, getcptime, getswapinfo, getfiles, getmsgbuf
                 reason = f"p_args at {rec.args_ptr:#x}: ar_length {length} exceeds ARG_MAX"
             except exceptions.InvalidAddressException as exc:
                 reason = f"p_args at {rec.args_ptr:#x} is not in the dump ({exc})"
-            vollog.debug(f"pid {rec.pid}: {reason}; trying the user stack")
+            # A p_args that cannot be what kern_exec cached is damage worth a line (the fuzzer's
+            # `pargs` mutation); the user stack may still hold the arguments.
+            vollog.warning(f"pid {rec.pid}: {reason}; trying the user stack")
         if rec.flags & (F.P_WEXIT | F.P_SYSTEM):
             what = "a kernel process (P_SYSTEM)" if rec.flags & F.P_SYSTEM else "exiting (P_WEXIT)"
             return self._fail(f"pid {rec.pid} is {what} and has no cached arguments (p_args)")

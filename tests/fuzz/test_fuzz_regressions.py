@@ -119,3 +119,16 @@ def test_printable():
 
     assert printable("/usr/bin/sh") == "/usr/bin/sh"
     assert printable("a\tb\nc\x1b[0m\x7f\x9b\u200e\ufffd") == "a\\tb\\nc\\x1b[0m\\x7f\\x9b\\u200e\ufffd"
+
+
+def test_absurd_pargs_length_is_reported(fuzz_base, tmp_path):
+    """seed 3, ``pargs``: ``p_args->ar_length = 0x80000000`` on a minidump (no user stack to fall
+    back on).  The arguments are '-' and a warning says why, instead of silence."""
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=3, index=2, draw_from=mutate.EVERY_MUTATION)
+    assert case.detail == "pid 1021 p_args->ar_length = 0x80000000"
+    proc = run_vol("-q", "-f", case.path, "freebsd.psargs", "--pid", "1021")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "pid 1021: p_args at 0x" in proc.stderr and "ar_length 2147483648 exceeds ARG_MAX" in proc.stderr
+    assert proc.stdout.splitlines()[-1].split("\t")[3:] == ["-", "-"]
