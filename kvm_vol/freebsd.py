@@ -57,6 +57,17 @@ PAGE_SIZE = 4096
 BLIST_RADIX = 64
 
 # --- open files (issue 5) ------------------------------------------------
+# sys/filedesc.h: a descriptor table starts with NDFILE slots (embedded in struct
+# filedesc0) and fdgrowtable() grows it to NDSLOTS(n) * NDENTRIES, NDENTRIES being
+# the bits of a u_long map word: so fdt_nfiles is NDFILE or a multiple of NDENTRIES.
+NDFILE = 20
+
+
+def ndentries(pointer_size: int) -> int:
+    """NDENTRIES = NDSLOTSIZE * NBBY: 64 on LP64, 32 on ILP32 (a u_long is pointer-sized)."""
+    return 8 * pointer_size
+
+
 # sys/file.h f_type; 15.0 added INOTIFY and JAILDESC.
 DTYPE_NAMES = {0: "NONE", 1: "VNODE", 2: "SOCKET", 3: "PIPE", 4: "FIFO", 5: "KQUEUE", 6: "CRYPTO",
                7: "MQUEUE", 8: "SHM", 9: "SEM", 10: "PTS", 11: "DEV", 12: "PROCDESC", 13: "EVENTFD",

@@ -14,7 +14,7 @@ Built the way the kernel builds them, on the release's layouts:
   cache (``cache_purge()``), so no path can be rebuilt for them.
 * **Descriptor tables** (kern_descrip.c): ``p_fd`` -> ``struct filedesc``,
   whose ``fd_files`` is a ``struct fdescenttbl`` of ``fdt_nfiles``
-  (NDFILE = 20 at first, grown in NDENTRIES = 64 steps) ``struct
+  (NDFILE = 20 at first, grown in NDENTRIES = 64 steps, 32 on ILP32) ``struct
   filedescent`` slots; closed descriptors are NULL ``fde_file`` holes.
   ``p_pd`` -> ``struct pwddesc`` -> ``pd_pwd`` (an SMR pointer) -> ``struct
   pwd`` with the cwd, root and jail directories; ``p_textvp`` is the
@@ -49,8 +49,6 @@ from kvm_vol import freebsd as F
 from kvm_vol.forge import fileextras as X
 from kvm_vol.forge.kernel import Kernel
 
-NDFILE = 20  # sys/filedesc.h: the table embedded in struct filedesc0
-NDENTRIES = 64  # NDSLOTSIZE * NBBY: tables grow by whole map words
 
 #: Opened paths whose name has been purged from the name cache.
 EVICTED = ("/tmp/.x11-unix/.payload",)
@@ -320,7 +318,8 @@ class Files:
         """Give process ``pid`` its pwd, text vnode and descriptor table (fd -> (file, row))."""
         m, L = self.m, self.L
         proc = self.k.procs[pid]
-        nfiles = NDFILE if not fds or max(fds) < NDFILE else NDENTRIES * (max(fds) // NDENTRIES + 1)
+        step = F.ndentries(m.ptr_size)  # fdgrowtable(): whole map words
+        nfiles = F.NDFILE if not fds or max(fds) < F.NDFILE else step * (max(fds) // step + 1)
         esize = L.sizeof("filedescent")
         table = m.uma_alloc(L.offsetof("fdescenttbl", "fdt_ofiles") + nfiles * esize)
         m.set_fields(table, "fdescenttbl", {"fdt_nfiles": nfiles})

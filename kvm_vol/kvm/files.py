@@ -310,8 +310,12 @@ class Reader:
         except exceptions.InvalidAddressException as exc:
             vollog.warning(f"descriptor table of pid {int(proc.p_pid)} is unreadable: {exc}")
             return
-        if not 0 <= nfiles <= MAX_FILES:
-            vollog.warning(f"pid {int(proc.p_pid)}: fdt_nfiles is {nfiles}; descriptor table skipped")
+        step = F.ndentries(self.kernel.get_type("pointer").size)
+        if not 0 <= nfiles <= MAX_FILES or (nfiles != F.NDFILE and nfiles % step):
+            # fdgrowtable() keeps the count NDFILE or a multiple of NDENTRIES: anything else is
+            # damage, and walking it would read the memory after the table as descriptors.
+            vollog.warning(f"pid {int(proc.p_pid)}: fdt_nfiles is {nfiles}, which the kernel never sets "
+                           f"(it is {F.NDFILE} or a multiple of {step}); descriptor table skipped")
             return
         esize = self.kernel.get_type("filedescent").size
         base = table.fdt_ofiles.vol.offset

@@ -132,3 +132,22 @@ def test_absurd_pargs_length_is_reported(fuzz_base, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "pid 1021: p_args at 0x" in proc.stderr and "ar_length 2147483648 exceeds ARG_MAX" in proc.stderr
     assert proc.stdout.splitlines()[-1].split("\t")[3:] == ["-", "-"]
+
+
+def test_descriptor_count_the_kernel_never_sets(fuzz_base, tmp_path):
+    """``file-table``: ``fdt_nfiles`` 20 -> 100000 (below the old bound of 2**20).
+
+    Walking it read the memory after the table as 100,000 descriptor slots,
+    any pointer there taken for a ``struct file``, silently.  fdgrowtable()
+    keeps the count NDFILE or a multiple of NDENTRIES; anything else is now
+    refused with a warning naming the process.
+    """
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=9, index=0, mutation="file-table")
+    assert case.detail == "pid 742 fdt_nfiles 20 -> 0x186a0"
+    proc = run_vol("-q", "-f", case.path, "freebsd.files", "--pid", "742")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "pid 742: fdt_nfiles is 100000, which the kernel never sets" in proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if line.startswith("742\t")]
+    assert rows and all(not r[2].isdigit() for r in rows)  # only text/cwd/root: no descriptor rows
