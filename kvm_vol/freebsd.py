@@ -5,7 +5,23 @@ from ``sys/proc.h`` and ``sys/param.h`` live here, once, for the readers and
 for the forge.
 """
 
+import datetime
+from typing import Optional
+
 MAXCOMLEN = 19  # sys/param.h: p_comm and td_name are char[MAXCOMLEN + 1]
+
+
+def utc_time(seconds: float) -> Optional[datetime.datetime]:
+    """A ``time_t`` (start times, ``kdh.dumptime``, tar mtimes) as an aware UTC datetime.
+
+    None where it is outside what a datetime holds (years 1-9999): a damaged
+    image can put any 64-bit value there, and the fuzzer found start times of
+    the year 966,710,634 that made fromtimestamp() raise.
+    """
+    try:
+        return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 # struct proc p_flag bits (sys/proc.h)
 P_CONTROLT = 0x00000002

@@ -9,7 +9,6 @@ CLI prints on one line.
 """
 
 import argparse
-import datetime
 import json
 from typing import List
 
@@ -116,7 +115,10 @@ def format_encrypted(info: dict) -> str:
 
 def _kdh_rows(kdh: dict) -> List[str]:
     """The kerneldumpheader's fields, one indented row each."""
-    when = datetime.datetime.fromtimestamp(kdh["dumptime"], datetime.timezone.utc).isoformat()
+    from kvm_vol.freebsd import utc_time
+
+    stamp = utc_time(kdh["dumptime"])
+    when = "out of range" if stamp is None else stamp.isoformat()
     rows = (
         ("  architecture", f"{kdh['architecture']} (architectureversion {kdh['architectureversion']})"),
         ("  version", str(kdh["version"])),

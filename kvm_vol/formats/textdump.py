@@ -29,7 +29,6 @@ members is capped, and :func:`safe_member_path` decides which names may be
 written to disk (``kvm-vol textdump extract``).
 """
 
-import datetime
 import os
 import struct
 from dataclasses import dataclass, field
@@ -368,7 +367,7 @@ def refusal(td: TextDump) -> str:
 
 
 def format_time(mtime: int) -> str:
-    try:
-        return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return f"{mtime} (out of range)"
+    from kvm_vol.freebsd import utc_time
+
+    when = utc_time(mtime)
+    return f"{mtime} (out of range)" if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")

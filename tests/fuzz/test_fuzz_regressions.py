@@ -151,3 +151,30 @@ def test_descriptor_count_the_kernel_never_sets(fuzz_base, tmp_path):
     assert "pid 742: fdt_nfiles is 100000, which the kernel never sets" in proc.stderr
     rows = [line.split("\t") for line in proc.stdout.splitlines() if line.startswith("742\t")]
     assert rows and all(not r[2].isdigit() for r in rows)  # only text/cwd/root: no descriptor rows
+
+
+@pytest.mark.parametrize("plugin", ["freebsd.pslist", "freebsd.pstree"])
+def test_start_time_out_of_datetime_range(fuzz_base, tmp_path, plugin):
+    """seed 3 (every plugin), ``minidump-bitmap``, 13 bits flipped: a page of ``struct pstats``
+    came from the wrong place, and ``p_stats->p_start`` gave the year 966,710,634.
+    fromtimestamp() raised ValueError in pslist and pstree; the time is now unreadable."""
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=3, index=6491, draw_from=mutate.EVERY_MUTATION)
+    assert (case.mutation, case.detail) == ("minidump-bitmap", "13 bitmap bits flipped")
+    proc = run_vol("-q", "-f", case.path, plugin)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    header = next(line.split("\t") for line in lines if "CREATION TIME" in line)
+    column = header.index("CREATION TIME")
+    rows = [line.split("\t") for line in lines[lines.index("\t".join(header)) + 1:] if line.strip()]
+    # Both processes the damaged allproc still reaches: their pstats page is the wrong one, so
+    # the time is shown unreadable ("-"), not N/A (unknown) and not a traceback.
+    assert rows and all(r[column] == "-" for r in rows), rows
+
+
+def test_utc_time_bounds():
+    from kvm_vol.freebsd import utc_time
+
+    assert utc_time(0).isoformat() == "1970-01-01T00:00:00+00:00"
+    assert utc_time(30506210000000000) is None and utc_time(-(1 << 63)) is None and utc_time(1e300) is None

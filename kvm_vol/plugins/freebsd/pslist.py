@@ -25,10 +25,11 @@ def tty_argument(value: str):
 
 
 def creation_time(rec: procs.ProcRecord):
-    """ki_start as an aware UTC datetime, or NotAvailableValue."""
+    """ki_start as an aware UTC datetime; NotAvailableValue if unknown, UnreadableValue if out of range."""
     if rec.start is None:
         return renderers.NotAvailableValue()
-    return datetime.datetime.fromtimestamp(rec.start, tz=datetime.timezone.utc)
+    when = F.utc_time(rec.start)
+    return renderers.UnreadableValue() if when is None else when
 
 
 @kvm_plugin
