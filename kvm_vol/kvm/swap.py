@@ -183,8 +183,15 @@ def getswapinfo(context: interfaces.context.ContextInterface, kernel_module_name
         vollog.warning("the kernel has no swtailq symbol")
         return None
     dmmax = _dmmax(kernel)
-    first = kernel.object(object_type="pointer", offset=kernel.get_symbol("swtailq").address,
-                          subtype=kernel.get_type("swdevt"))
+    address = kernel.get_symbol("swtailq").address
+    try:
+        first = kernel.object(object_type="pointer", offset=address, subtype=kernel.get_type("swdevt"))
+    except exceptions.InvalidAddressException as exc:  # the fuzzer's damaged bitmaps: the global's page is gone
+        from kvm_vol.kvm.files import canonical
+
+        vollog.warning(f"swtailq at {canonical(kernel.offset + address):#x} is unreadable ({exc}); "
+                       "no swap devices listed")
+        return None
     rows: List[SwapRow] = []
     for sw in queue.walk(first, "sw_list", "TAILQ", name="swtailq", limit=MAX_SWAPDEV):
         try:

@@ -178,3 +178,17 @@ def test_utc_time_bounds():
 
     assert utc_time(0).isoformat() == "1970-01-01T00:00:00+00:00"
     assert utc_time(30506210000000000) is None and utc_time(-(1 << 63)) is None and utc_time(1e300) is None
+
+
+def test_swap_when_swtailq_is_unreadable(fuzz_base, tmp_path):
+    """seed 3 (every plugin), ``minidump-bitmap``, 61 bits flipped: the page holding the global
+    ``swtailq`` left the dump.  The read escaped to Volatility's generic "unable to read a
+    requested page" text (outcome ``unclear``); now one warning names swtailq and its address."""
+    from kvm_vol.forge import mutate
+
+    case = mutate.make_case(fuzz_base, str(tmp_path), seed=3, index=7379, draw_from=mutate.EVERY_MUTATION)
+    assert (case.mutation, case.detail) == ("minidump-bitmap", "61 bitmap bits flipped")
+    proc = run_vol("-q", "-f", case.path, "freebsd.swap")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "swtailq at 0xffffffff" in proc.stderr and "is unreadable" in proc.stderr
+    assert "unable to read a requested page" not in proc.stderr
