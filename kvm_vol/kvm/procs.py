@@ -12,13 +12,16 @@ cuts it to 18 characters), and start time and controlling terminal are
 filled whenever the dump holds them (libkvm leaves them empty on dumps).
 """
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Iterator, List, Optional
 
-from volatility3.framework import interfaces, renderers
+from volatility3.framework import exceptions, interfaces, renderers
 
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import queue
+
+vollog = logging.getLogger(__name__)
 
 __all__ = ["ThreadRecord", "ProcRecord", "iter_procs", "iter_threads", "proc_record", "thread_stat",
            "value_or_na"]
@@ -147,7 +150,13 @@ def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name:
     head = kernel.get_symbol("allproc").address
     # LIST_HEAD(proclist, proc) is one pointer: lh_first.  Read it as a
     # pointer to proc so ISFs without the proclist type work as well.
-    first = kernel.object(object_type="pointer", offset=head, subtype=kernel.get_type("proc"))
+    try:
+        first = kernel.object(object_type="pointer", offset=head, subtype=kernel.get_type("proc"))
+    except exceptions.InvalidAddressException as exc:  # as swtailq's page was in the fuzzer's damaged bitmaps
+        from kvm_vol.kvm.files import canonical
+
+        vollog.warning(f"allproc at {canonical(kernel.offset + head):#x} is unreadable ({exc}); no processes listed")
+        return
     yield from queue.walk(first, "p_list", "LIST", name="allproc")
 
 

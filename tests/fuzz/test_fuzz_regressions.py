@@ -192,3 +192,29 @@ def test_swap_when_swtailq_is_unreadable(fuzz_base, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "swtailq at 0xffffffff" in proc.stderr and "is unreadable" in proc.stderr
     assert "unable to read a requested page" not in proc.stderr
+
+
+def test_allproc_unreadable_is_a_warning(caplog):
+    """The same damage as swtailq's, on allproc's page: no processes and one warning, not a
+    page error escaping from iter_procs (every process plugin starts there)."""
+    from types import SimpleNamespace
+
+    from volatility3.framework import exceptions
+
+    from kvm_vol.kvm import procs
+
+    class Kernel:
+        offset = 0xFFFFFFFF80000000
+
+        def get_symbol(self, name):
+            return SimpleNamespace(address=0x1A3B460)
+
+        def get_type(self, name):
+            return name
+
+        def object(self, **kwargs):
+            raise exceptions.InvalidAddressException("kernel", 0xFFFFFFFF81A3B460, "page not in the dump")
+
+    with caplog.at_level("WARNING"):
+        assert list(procs.iter_procs(SimpleNamespace(modules={"kernel": Kernel()}), "kernel")) == []
+    assert "allproc at 0xffffffff81a3b460 is unreadable" in caplog.text and "no processes listed" in caplog.text
