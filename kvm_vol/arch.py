@@ -59,8 +59,9 @@ class Arch:
     def canonical(self, va: int) -> int:
         """A kernel address as the kernel prints it (Volatility hands out masked offsets)."""
         if self.address_bits == 48:
-            va &= 0xFFFFFFFFFFFFFFFF
-            return va | 0xFFFF000000000000 if va & (1 << 47) else va
+            from kvm_vol.core.amd64 import canonical
+
+            return canonical(va)
         return va & ((1 << self.address_bits) - 1)
 
 

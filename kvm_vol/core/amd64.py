@@ -99,6 +99,16 @@ _ADDR_LIMIT = 1 << 64
 _LEVEL_NAMES = ("pte", "pde", "pdpe", "pml4e", "pml5e")  # index = level - 1
 
 
+def canonical(va: int) -> int:
+    """Sign-extend a 48-bit address: the form the kernel prints (Volatility hands out masked offsets).
+
+    Right for amd64 and arm64 kernel addresses (bits 63-48 copy bit 47), and
+    a no-op for i386's (below 2**32, bit 47 is never set).
+    """
+    va &= 0xFFFFFFFFFFFFFFFF
+    return va | 0xFFFF000000000000 if va & (1 << 47) else va
+
+
 def round_page(x: int) -> int:
     """``x`` rounded up to a 4 KiB boundary (FreeBSD's ``round_page``)."""
     return (x + PAGE_MASK) & ~PAGE_MASK

@@ -37,6 +37,7 @@ from typing import Dict, Iterator, List, Optional
 from volatility3.framework import exceptions, interfaces
 
 from kvm_vol import freebsd as F
+from kvm_vol.core.amd64 import canonical
 from kvm_vol.kvm.kernelmod import KernelRef, kernel_module
 from kvm_vol.kvm import fileextras, queue
 
@@ -354,14 +355,6 @@ def getfiles(context: interfaces.context.ContextInterface, kernel_module_name: K
              mmapped: bool = False) -> List[FileRecord]:
     """The open files of one ``struct proc`` (see :class:`Reader`)."""
     return Reader(context, kernel_module_name).getfiles(proc, mmapped)
-
-
-def canonical(address: int) -> int:
-    """A kernel address as the kernel prints it (Volatility masks pointers to 48 bits).
-
-    Sign-extends bit 47 (amd64, arm64); 32-bit (i386) addresses are left alone.
-    """
-    return address | 0xFFFF000000000000 if address & (1 << 47) else address
 
 
 def pipe_details(rec: FileRecord, owners: Dict[int, tuple]) -> str:

@@ -42,14 +42,7 @@ _MAX_CACHED = 1 << 15  # cached chunks/pages before the caches are dropped (~2 G
 _ADDRESS_MASK = (1 << 48) - 1
 
 
-def canonical(va: int) -> int:
-    """Sign-extend a 48-bit address (Volatility hands out masked offsets).
-
-    Right for amd64 and arm64 kernel addresses, and a no-op for i386's
-    (below 2**32, bit 47 is never set).
-    """
-    va &= 0xFFFFFFFFFFFFFFFF
-    return va | 0xFFFF000000000000 if va & (1 << 47) else va
+canonical = A.canonical  # one sign extension for every reader (kvm_vol.core.amd64)
 
 
 class KernelMemory:

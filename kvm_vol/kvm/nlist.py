@@ -28,18 +28,16 @@ from typing import List, NamedTuple, Optional, Tuple
 from volatility3.framework import exceptions, interfaces
 
 from kvm_vol import arch as archmod
+from kvm_vol.core.amd64 import canonical
 from kvm_vol.kvm import linkersets as LS
 
 __all__ = ["KernelNlist", "NlistEntry"]
 
 _U64 = (1 << 64) - 1
-_CANONICAL_HIGH = 0xFFFF000000000000
 #: Upper bound for mp_maxcpus (MAXCPU is 1024 on amd64 GENERIC 14/15).
 _MAX_CPUS = 65536
 
 
-def _canonical(va: int) -> int:
-    return va | _CANONICAL_HIGH if va & (1 << 47) else va
 
 
 class NlistEntry(NamedTuple):
@@ -79,7 +77,7 @@ class KernelNlist:
     # -- memory ------------------------------------------------------------
     def read(self, address: int, length: int) -> Optional[bytes]:
         try:
-            return self.layer.read(_canonical(address), length)
+            return self.layer.read(canonical(address), length)
         except exceptions.InvalidAddressException:
             return None
 
@@ -91,7 +89,7 @@ class KernelNlist:
     def lookup(self, name: str) -> Optional[int]:
         """The address of ``name`` in the kernel's symbol table (no relocation), or None."""
         try:
-            return _canonical(self.table.get_symbol(name).address & _U64)
+            return canonical(self.table.get_symbol(name).address & _U64)
         except (exceptions.SymbolError, KeyError, AttributeError):
             return None
 

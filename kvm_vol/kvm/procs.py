@@ -19,6 +19,7 @@ from typing import Iterator, List, Optional
 from volatility3.framework import exceptions, interfaces, renderers
 
 from kvm_vol import freebsd as F
+from kvm_vol.core.amd64 import canonical
 from kvm_vol.kvm import queue
 
 vollog = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ def iter_procs(context: interfaces.context.ContextInterface, kernel_module_name:
     try:
         first = kernel.object(object_type="pointer", offset=head, subtype=kernel.get_type("proc"))
     except exceptions.InvalidAddressException as exc:  # as swtailq's page was in the fuzzer's damaged bitmaps
-        from kvm_vol.kvm.files import canonical
-
         vollog.warning(f"allproc at {canonical(kernel.offset + head):#x} is unreadable ({exc}); no processes listed")
         return
     yield from queue.walk(first, "p_list", "LIST", name="allproc")

@@ -32,6 +32,7 @@ from typing import List, Optional
 from volatility3.framework import exceptions, interfaces
 
 from kvm_vol import freebsd as F
+from kvm_vol.core.amd64 import canonical
 from kvm_vol.kvm.kernelmod import KernelRef, kernel_module
 from kvm_vol.kvm import queue
 
@@ -187,8 +188,6 @@ def getswapinfo(context: interfaces.context.ContextInterface, kernel_module_name
     try:
         first = kernel.object(object_type="pointer", offset=address, subtype=kernel.get_type("swdevt"))
     except exceptions.InvalidAddressException as exc:  # the fuzzer's damaged bitmaps: the global's page is gone
-        from kvm_vol.kvm.files import canonical
-
         vollog.warning(f"swtailq at {canonical(kernel.offset + address):#x} is unreadable ({exc}); "
                        "no swap devices listed")
         return None

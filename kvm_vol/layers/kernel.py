@@ -40,14 +40,11 @@ from kvm_vol.symbols import layoutcheck, volsym
 
 vollog = logging.getLogger(__name__)
 
-_CANONICAL_HIGH = 0xFFFF000000000000
 #: Any FreeBSD kernel banner, for the "which kernel is this?" diagnosis.
 BANNER_RE = re.compile(rb"FreeBSD [0-9]+\.[0-9]+-[A-Z0-9.-]+ [ -~]{1,200}\n")
 
 
-def canonical(va: int) -> int:
-    """Sign-extend a 48-bit address (Volatility masks symbol offsets to 48 bits)."""
-    return va | _CANONICAL_HIGH if va & (1 << 47) else va
+canonical = A.canonical  # kept here for importers of the layer module
 
 
 class FreebsdCoreLayer:

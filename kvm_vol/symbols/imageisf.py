@@ -15,7 +15,7 @@ callable, so it serves both ``kvm-vol isf --image`` (through
 
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from kvm_vol.core.amd64 import KERNSTART
+from kvm_vol.core.amd64 import KERNSTART, canonical
 from kvm_vol.symbols import layoutcheck, memsyms, packisf
 
 __all__ = ["BANNER_MAX", "find_kernphys", "isf_from_memory", "kernel_reader", "reader_for_dump"]
@@ -26,13 +26,9 @@ BANNER_MAX = 1024
 _NBPDR = 1 << 21
 #: How far below a banner the kernel's first page may lie (the image is far smaller).
 _KERNEL_SPAN = 256 << 20
-_CANONICAL_HIGH = 0xFFFF000000000000
 _ELF_KERNEL_IDENT = b"\x7fELF\x02\x01\x01"
 
 
-def _canonical(va: int) -> int:
-    va &= (1 << 64) - 1
-    return va | _CANONICAL_HIGH if va & (1 << 47) else va
 
 
 def kernel_reader(read_phys: Callable[[int, int], Optional[bytes]], kernphys: int) -> ReadKva:
@@ -44,7 +40,7 @@ def kernel_reader(read_phys: Callable[[int, int], Optional[bytes]], kernphys: in
     """
 
     def read_kva(va: int, length: int) -> Optional[bytes]:
-        va = _canonical(va)
+        va = canonical(va)
         if va < KERNSTART or length < 0:
             return None
         return read_phys(kernphys + (va - KERNSTART), length)
@@ -114,7 +110,7 @@ def reader_for_dump(dump) -> ReadKva:
 
         def read_md(va: int, length: int) -> Optional[bytes]:
             try:
-                return translator.read(_canonical(va), length)
+                return translator.read(canonical(va), length)
             except KvmVolError:
                 return None
 
