@@ -33,6 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from kvm_vol.core import amd64 as A
 from kvm_vol.forge.build import Forged
 
 U64 = struct.Struct("<Q")
@@ -126,7 +127,7 @@ ABSURD_LENGTHS = (0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000, 0x10000000, 100000)
 
 
 def _user_pa(m, proc_va: int, uva: int) -> int:
-    """Physical address of user VA ``uva`` in process ``proc_va`` (amd64 4-level walk of its pmap).
+    """Physical address of user VA ``uva`` in process ``proc_va``, walked through its pmap (amd64).
 
     User pages are written by the forge through physical memory; a mutation
     writes them back through the direct map (``write_kva``) so the
@@ -134,18 +135,21 @@ def _user_pa(m, proc_va: int, uva: int) -> int:
     """
     L = m.layout
     vm = m.read_ptr(proc_va + L.offsetof("proc", "p_vmspace"))
-    table = m.read_uint(vm + L.offsetof("vmspace", "vm_pmap.pm_cr3"), 8)
-    for shift in (39, 30, 21, 12):
-        entry = m.mem.read_u64((table & 0x000FFFFFFFFFF000) + 8 * ((uva >> shift) & 511))
-        if not entry & 1:
-            raise KeyError(f"forge: user address {uva:#x} of proc {proc_va:#x} is not mapped")
-        table = entry
-    return (table & 0x000FFFFFFFFFF000) | (uva & 0xFFF)
+    root = m.read_uint(vm + L.offsetof("vmspace", "vm_pmap.pm_cr3"), 8)
+    return A.walk(m.mem.read_u64, root, uva)[0]
+
+
+def _read_user(m, proc_va: int, uva: int, length: int) -> bytes:
+    """``length`` bytes at user VA ``uva`` (within one page)."""
+    return bytes(m.mem.read(_user_pa(m, proc_va, uva), length))
 
 
 def _write_user(m, proc_va: int, uva: int, data: bytes) -> None:
-    for i in range(len(data)):  # byte by byte: a range may cross into another physical page
-        m.write_kva(m.dmap(_user_pa(m, proc_va, uva + i)), data[i:i + 1])
+    """Write ``data`` at user VA ``uva``, a page at a time (pages need not be contiguous)."""
+    while data:
+        n = min(len(data), A.PAGE_SIZE - (uva & A.PAGE_MASK))
+        m.write_kva(m.dmap(_user_pa(m, proc_va, uva)), data[:n])
+        uva, data = uva + n, data[n:]
 
 
 def k_pargs(forged: Forged, rnd: random.Random) -> str:
@@ -182,12 +186,12 @@ def k_ps_strings(forged: Forged, rnd: random.Random) -> str:
         value = rnd.choice(ABSURD_LENGTHS)
         _write_user(m, va, pss + off, U32.pack(value))
         return f"pid {proc['pid']} {stype}.{field} = {value:#x}"
-    vector = ptr.unpack(bytes(m.mem.read(_user_pa(m, va, pss + off), ptr.size)))[0]
+    vector = ptr.unpack(_read_user(m, va, pss + off, ptr.size))[0]
     if how == "vector":
         value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64), pss)) & ((1 << 8 * ptr.size) - 1)
         _write_user(m, va, pss + off, ptr.pack(value))
         return f"pid {proc['pid']} {stype}.{field} = {value:#x}"
-    string = ptr.unpack(bytes(m.mem.read(_user_pa(m, va, vector), ptr.size)))[0]
+    string = ptr.unpack(_read_user(m, va, vector, ptr.size))[0]
     if how == "string":
         value = rnd.choice(WILD_POINTERS + (rnd.getrandbits(64),)) & ((1 << 8 * ptr.size) - 1)
         _write_user(m, va, vector, ptr.pack(value))
@@ -209,13 +213,17 @@ def _open_files(m, proc_va: int) -> Tuple[int, int, List[int]]:
     return table, nfiles, [base + i * esize for i in range(nfiles) if m.read_ptr(base + i * esize)]
 
 
+def _with_open_files(forged: Forged, rnd: random.Random):
+    """A random process with open descriptors, and its :func:`_open_files` (each table read once)."""
+    tables = [(p, _open_files(forged.machine, p["offset"])) for p in _procs(forged)]
+    return rnd.choice([(p, t) for p, t in tables if t[2]])
+
+
 def k_file_table(forged: Forged, rnd: random.Random) -> str:
     """A descriptor table: absurd ``fdt_nfiles``, a wild ``fde_file``, or a ``struct file`` with a wild
     ``f_data``/``f_vnode``/``f_ops``/``f_cred``, an unknown ``f_type`` or an absurd ``f_offset``."""
     m, L = forged.machine, forged.machine.layout
-    procs = [p for p in _procs(forged) if _open_files(m, p["offset"])[2]]
-    proc = rnd.choice(procs)
-    table, nfiles, slots = _open_files(m, proc["offset"])
+    proc, (table, nfiles, slots) = _with_open_files(forged, rnd)
     how = rnd.choice(("nfiles", "slot", "file", "file", "file"))
     if how == "nfiles":
         value = rnd.choice(ABSURD_LENGTHS)
@@ -245,9 +253,9 @@ def k_vnode_names(forged: Forged, rnd: random.Random) -> str:
     """The name cache a path is rebuilt from: absurd ``nc_nlen``, names with escapes or without NUL,
     a cycle in ``v_cache_dst``, a wild ``nc_dvp`` or an unknown ``v_type``."""
     m, L = forged.machine, forged.machine.layout
-    proc = rnd.choice([p for p in _procs(forged) if _open_files(m, p["offset"])[2]])
+    proc, (_, _, slots) = _with_open_files(forged, rnd)
     vnodes = []
-    for slot in _open_files(m, proc["offset"])[2]:
+    for slot in slots:
         vp = m.read_ptr(m.read_ptr(slot) + L.offsetof("file", "f_vnode"))
         if vp and m.read_ptr(vp + L.offsetof("vnode", "v_cache_dst.tqh_first")):
             vnodes.append(vp)
@@ -496,6 +504,8 @@ DEVICE_MUTATIONS: Dict[str, Callable[[Forged, str, random.Random], Tuple[str, st
     "textdump": d_textdump,
     "kdh-compressed": d_kdh_compressed,
 }
+#: Mutations of the forged machine (made inside a :class:`Journal`), by name.
+_MACHINE_MUTATIONS = {**KERNEL_MUTATIONS, **RECORD_MUTATIONS}
 #: The 15 mutations of the runs made before :data:`RECORD_MUTATIONS` existed (seed 2 of docs/fuzzing.md).
 DEVICE_ERA_MUTATIONS = ALL_MUTATIONS + sorted(DEVICE_MUTATIONS)
 #: Every mutation there is: what long runs and CI draw from.
@@ -548,9 +558,9 @@ def make_case(base: Forged, directory: str, seed: int, index: int, mutation: Opt
     name = mutation or drawn
     os.makedirs(directory, exist_ok=True)
     stem = f"case-{seed}-{index}"
-    if name in KERNEL_MUTATIONS or name in RECORD_MUTATIONS:
+    if name in _MACHINE_MUTATIONS:
         with Journal(base.machine):
-            detail = {**KERNEL_MUTATIONS, **RECORD_MUTATIONS}[name](base, rnd)
+            detail = _MACHINE_MUTATIONS[name](base, rnd)
             fmt = rnd.choice(("vmcore", "full", "raw"))
             path = base.write(directory, stem=stem, formats=(fmt,))[fmt]
     elif name in DEVICE_MUTATIONS:

@@ -100,8 +100,25 @@ _PLUGIN_NAMES = set()
 
 
 def kvm_plugin(cls):
-    """Class decorator for kvm-vol's plugins: a missing kernel ISF stops them with one line."""
+    """Class decorator for kvm-vol's plugins: a missing kernel ISF stops them with one line, and
+    every ``str`` their ``_generator`` yields is escaped (:func:`kvm_vol.volatility.printable`).
+
+    The escaping is here, where every plugin passes, so a new plugin cannot
+    forget it: its strings come from the image and must not drive the
+    analyst's terminal.
+    """
+    import functools
+
     _PLUGIN_NAMES.add(cls.__name__)
+    generator = cls._generator
+
+    @functools.wraps(generator)
+    def escaped(self):
+        from kvm_vol.volatility import printable_rows  # that module imports this one
+
+        return printable_rows(generator(self))
+
+    cls._generator = escaped
     return cls
 
 

@@ -7,7 +7,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol.kvm import msgbuf
 from kvm_vol.symbols.volsym import kvm_plugin
 
@@ -48,5 +48,4 @@ class Dmesg(interfaces.plugins.PluginInterface):
             yield 0, (number, renderers.NotAvailableValue() if pri is None else pri, text)
 
     def run(self) -> renderers.TreeGrid:
-        return renderers.TreeGrid([("Line", int), ("Priority", int), ("Text", str)],
-                                  printable_rows(self._generator()))
+        return renderers.TreeGrid([("Line", int), ("Priority", int), ("Text", str)], self._generator())

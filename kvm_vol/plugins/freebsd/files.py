@@ -6,7 +6,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, pid_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol.kvm import files, procs
 from kvm_vol.symbols.volsym import kvm_plugin
 
@@ -73,5 +73,5 @@ class Files(interfaces.plugins.PluginInterface):
         return renderers.TreeGrid(
             [("PID", int), ("COMM", str), ("FD", str), ("TYPE", str), ("FLAGS", str), ("OFFSET", int),
              ("VTYPE", str), ("Path", str), ("DETAILS", str)],
-            printable_rows(self._generator()),
+            self._generator(),
         )

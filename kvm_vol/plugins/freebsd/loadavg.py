@@ -5,7 +5,7 @@ from typing import Iterator, List, Tuple
 from volatility3.framework import interfaces, renderers
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import loadavg
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -41,4 +41,4 @@ class LoadAvg(interfaces.plugins.PluginInterface):
         columns = [("Load 1 min", float), ("Load 5 min", float), ("Load 15 min", float), ("FSCALE", int),
                    ("Raw 1 min", int), ("Raw 5 min", int), ("Raw 15 min", int)]
         columns += [(f"CP_{state.upper()}", int) for state in F.CPUSTATES]
-        return renderers.TreeGrid(columns, printable_rows(self._generator()))
+        return renderers.TreeGrid(columns, self._generator())

@@ -8,7 +8,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol.kvm.nlist import KernelNlist
 from kvm_vol.symbols import layoutcheck
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -67,5 +67,5 @@ class Nlist(interfaces.plugins.PluginInterface):
     def run(self) -> renderers.TreeGrid:
         return renderers.TreeGrid(
             [("NAME", str), ("SYMBOL", str), ("VALUE", format_hints.Hex), ("RELOCATION", str), ("COUNTER", int)],
-            printable_rows(self._generator()),
+            self._generator(),
         )

@@ -14,7 +14,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, pid_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm.kvm import KVM
 from volatility3.plugins.freebsd.pslist import PsList
@@ -59,5 +59,5 @@ class PsArgs(interfaces.plugins.PluginInterface):
     def run(self) -> renderers.TreeGrid:
         return renderers.TreeGrid(
             [("PID", int), ("PPID", int), ("COMM", str), ("ARGS", str), ("SOURCE", str)],
-            printable_rows(self._generator()),
+            self._generator(),
         )

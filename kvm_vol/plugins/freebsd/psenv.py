@@ -11,7 +11,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, pid_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement, pid_requirement
 from kvm_vol.kvm.kvm import KVM
 from volatility3.plugins.freebsd.psargs import missing
 from volatility3.plugins.freebsd.pslist import PsList
@@ -48,5 +48,5 @@ class PsEnv(interfaces.plugins.PluginInterface):
     def run(self) -> renderers.TreeGrid:
         return renderers.TreeGrid(
             [("PID", int), ("PPID", int), ("COMM", str), ("KEY", str), ("VALUE", str)],
-            printable_rows(self._generator()),
+            self._generator(),
         )

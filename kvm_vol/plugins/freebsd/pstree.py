@@ -8,7 +8,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, offset_mask, pid_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement, offset_mask, pid_requirement
 from kvm_vol.kvm import procs
 from volatility3.plugins.freebsd.pslist import PsList, creation_time
 from kvm_vol.symbols.volsym import kvm_plugin
@@ -106,5 +106,5 @@ class PsTree(interfaces.plugins.PluginInterface):
         return renderers.TreeGrid(
             [("OFFSET (V)", format_hints.Hex), ("PID", int), ("TID", int), ("PPID", int), ("COMM", str),
              ("UID", int), ("GID", int), ("CREATION TIME", datetime.datetime), ("STATE", str), ("THREADS", int)],
-            printable_rows(self._generator()),
+            self._generator(),
         )

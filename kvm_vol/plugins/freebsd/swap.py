@@ -6,7 +6,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.renderers import format_hints
 
 import kvm_vol.volatility  # noqa: F401  (registers layers, stackers, symbol finder)
-from kvm_vol.volatility import kernel_requirement, printable_rows
+from kvm_vol.volatility import kernel_requirement
 from kvm_vol import freebsd as F
 from kvm_vol.kvm import swap
 from kvm_vol.kvm.kernelmod import kernel_module
@@ -54,5 +54,5 @@ class Swap(interfaces.plugins.PluginInterface):
         return renderers.TreeGrid(
             [("Device", str), ("Total", int), ("Used", int), ("Avail", int), ("Capacity", str),
              ("Flags", str), ("OFFSET (V)", format_hints.Hex)],
-            printable_rows(self._generator()),
+            self._generator(),
         )
