@@ -1,14 +1,18 @@
-"""Run kvm-vol's plugins on fuzz cases and classify what happens.
+"""Run kvm-vol's plugins and commands on fuzz cases and classify what happens.
 
 Each (image, plugin) run is the real ``vol`` command line, executed in a
 forked child of a process that imported Volatility once (a fresh ``vol``
-process per run would spend most of its time importing).  The parent waits
+process per run would spend most of its time importing).  The ``kvm-vol``
+commands that read an image (:data:`COMMANDS`: ``info``, ``textdump list``,
+``textdump extract``) run the same way through ``kvm_vol.cli.main``.  The parent waits
 with a time limit and reads the child's peak memory from ``wait4``.
 Outcomes:
 
 * ``ok`` - exit status 0;
 * ``error`` - a clean refusal: exit status non-zero and exactly one
-  ``kvm-vol:`` line on stderr, no traceback;
+  ``kvm-vol:`` line on stderr, no traceback (for a command: every stderr
+  line is a ``kvm-vol:`` line, since ``textdump`` names each damaged member
+  on a line of its own);
 * ``unclear`` - non-zero exit without a traceback but without our one-line
   message either (e.g. Volatility's generic "unable to read a page" text);
 * ``traceback`` - a Python traceback reached the user;
@@ -31,6 +35,26 @@ from typing import Dict, List, Optional
 
 #: Every installed kvm-vol plugin (filled by :func:`prepare`).
 PLUGINS: List[str] = []
+
+#: The ``kvm-vol`` commands that read an image, by the name a record gives
+#: them, as the argument lists of ``kvm_vol.cli.main`` (``{image}`` and
+#: ``{out}``, a directory that does not exist yet, are filled per run).
+COMMANDS: Dict[str, List[str]] = {
+    "kvm-vol info": ["info", "{image}"],
+    "kvm-vol info --json": ["info", "--json", "{image}"],
+    "kvm-vol textdump list": ["textdump", "list", "{image}"],
+    "kvm-vol textdump extract": ["textdump", "extract", "-o", "{out}", "{image}"],
+}
+
+
+def runners(which: str = "plugins") -> List[str]:
+    """The names a long run runs on each case: ``plugins``, ``commands`` or ``all``."""
+    return {"plugins": list(PLUGINS), "commands": list(COMMANDS), "all": list(PLUGINS) + list(COMMANDS)}[which]
+
+
+def _extract_dir(image: str) -> str:
+    """Where ``textdump extract`` of a case writes (beside the case image; removed after the run)."""
+    return image + ".files"
 
 
 @dataclass
@@ -117,16 +141,29 @@ def _memoize_cli_start() -> None:
 
 
 def _run_cli(image: str, plugin: str):
-    """``vol -q -r json -f IMAGE PLUGIN`` in this process; returns (exit status, stderr text)."""
-    from volatility3 import cli
+    """``vol -q -r json -f IMAGE PLUGIN`` (or the kvm-vol command ``plugin``) in this process.
 
-    sys.argv = ["vol", "-q", "-r", "json", "-f", image, plugin]
+    Returns (exit status, stderr text).
+    """
+    if plugin in COMMANDS:
+        from kvm_vol import cli as kvm_cli
+
+        argv = [a.format(image=image, out=_extract_dir(image)) for a in COMMANDS[plugin]]
+        sys.argv = ["kvm-vol"] + argv
+
+        def main():
+            sys.exit(kvm_cli.main(argv))
+    else:
+        from volatility3 import cli
+
+        sys.argv = ["vol", "-q", "-r", "json", "-f", image, plugin]
+        main = cli.main
     err = io.StringIO()
     code = 0
     try:
         with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(err):
             try:
-                cli.main()
+                main()
             except SystemExit as exc:
                 if isinstance(exc.code, str):
                     err.write(exc.code + "\n")
@@ -150,8 +187,12 @@ def _child(image: str, plugin: str, out_fd: int) -> None:
     os._exit(code)
 
 
-def _classify(code: Optional[int], stderr: str, timeout: float):
-    """(outcome, message) for a run that exited with ``code`` (None: killed at the time limit)."""
+def _classify(code: Optional[int], stderr: str, timeout: float, command: bool = False):
+    """(outcome, message) for a run that exited with ``code`` (None: killed at the time limit).
+
+    ``command``: the run was a kvm-vol command, which may name several
+    problems, each on a ``kvm-vol:`` line of its own.
+    """
     if code is None:
         return "hang", f"killed after {timeout:.0f} s"
     ours = [line for line in stderr.splitlines() if line.startswith("kvm-vol:")]
@@ -161,6 +202,8 @@ def _classify(code: Optional[int], stderr: str, timeout: float):
         return "ok", ""
     if len(ours) == 1:
         return "error", ours[0]
+    if command and ours and len(ours) == len([line for line in stderr.splitlines() if line.strip()]):
+        return "error", ours[0] + f" (and {len(ours) - 1} more kvm-vol: lines)"
     return "unclear", " | ".join(line for line in stderr.splitlines() if line.strip())[:300]
 
 
@@ -169,7 +212,7 @@ def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = F
     if in_process:
         start = time.monotonic()
         code, stderr = _run_cli(image, plugin)
-        outcome, message = _classify(code, stderr, timeout)
+        outcome, message = _classify(code, stderr, timeout, plugin in COMMANDS)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return Result(image, plugin, outcome, time.monotonic() - start, peak, message)
     read_fd, write_fd = os.pipe()
@@ -214,22 +257,28 @@ def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = F
     seconds = time.monotonic() - start
     stderr = b"".join(chunks).decode("utf-8", "replace")
     peak = rusage.ru_maxrss / 1024 if rusage else 0.0
-    outcome, message = _classify(None if status is None else os.waitstatus_to_exitcode(status), stderr, timeout)
+    outcome, message = _classify(None if status is None else os.waitstatus_to_exitcode(status), stderr, timeout,
+                                 plugin in COMMANDS)
+    if plugin in COMMANDS and os.path.lexists(_extract_dir(image)):
+        import shutil
+
+        shutil.rmtree(_extract_dir(image))
     return Result(image, plugin, outcome, seconds, peak, message)
 
 
 # ----------------------------------------------------------------------
 # long runs: cases -> JSONL records -> summary
 
-def plugins_for_case(index: int, per_case: int) -> List[str]:
-    """The plugins case ``index`` runs: all of them, or ``per_case`` in rotation.
+def plugins_for_case(index: int, per_case: int, names: Optional[List[str]] = None) -> List[str]:
+    """What case ``index`` runs: all of ``names`` (default :data:`PLUGINS`), or ``per_case`` in rotation.
 
     Rotation gives every plugin the same share of cases, and which plugins a
     case ran is recorded, so a case can be replayed from ``(seed, index)``.
     """
-    if per_case <= 0 or per_case >= len(PLUGINS):
-        return list(PLUGINS)
-    return [PLUGINS[(index * per_case + j) % len(PLUGINS)] for j in range(per_case)]
+    names = list(PLUGINS) if names is None else list(names)
+    if per_case <= 0 or per_case >= len(names):
+        return names
+    return [names[(index * per_case + j) % len(names)] for j in range(per_case)]
 
 
 def _fingerprint(path: str):
@@ -252,7 +301,7 @@ def _drop_decompressed_copies(image: str) -> None:
 
 
 def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: int = 0,
-              timeout: float = 10.0, draw_from=None) -> int:
+              timeout: float = 10.0, draw_from=None, names: Optional[List[str]] = None) -> int:
     """Make and run cases ``indices`` of run ``seed``; append one JSON line per plugin run to ``out_path``.
 
     Each line is written with a single ``write`` on an ``O_APPEND`` descriptor,
@@ -260,8 +309,9 @@ def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: i
     every record made so far.  A case whose image changed during its runs
     (evidence must be opened read-only) is recorded with outcome
     ``modified``.  ``draw_from`` is the list mutations are drawn from
-    (default :data:`kvm_vol.forge.mutate.ALL_MUTATIONS`).  Returns the number
-    of records written.
+    (default :data:`kvm_vol.forge.mutate.ALL_MUTATIONS`); ``names`` what
+    runs on each case (default: every plugin; see :func:`runners`).  Returns
+    the number of records written.
     """
     import json
 
@@ -273,7 +323,7 @@ def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: i
         for index in indices:
             case = mutate.make_case(base, workdir, seed, index, draw_from=draw_from or mutate.ALL_MUTATIONS)
             before = _fingerprint(case.path)
-            for plugin in plugins_for_case(index, per_case):
+            for plugin in plugins_for_case(index, per_case, names):
                 res = run_one(case.path, plugin, timeout=timeout)
                 outcome = res.outcome
                 if _fingerprint(case.path) != before:

@@ -1,7 +1,9 @@
 """A bounded fuzz run in CI: mutated forge images never give a traceback or a hang.
 
 Fixed seed.  :func:`test_fuzz_every_mutation_every_plugin` runs one case per
-mutation kind (container and kernel structures) through every kvm-vol plugin;
+mutation kind (container and kernel structures) through every kvm-vol plugin,
+:func:`test_fuzz_every_mutation_every_command` through every ``kvm-vol``
+command that reads an image;
 :func:`test_fuzz_rotation` runs ``KVM_VOL_FUZZ_CASES`` (default 300) more
 random cases, each through one plugin in rotation, the way the long runs
 (``python benchmarks/fuzz.py --cases 10000 --plugins-per-case 1``) go.  Every
@@ -46,13 +48,14 @@ def _sha256(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def test_fuzz_every_mutation_every_plugin(base, tmp_path):
+def _every_mutation(base, tmp_path, names):
+    """One case per mutation kind (``ROUNDS`` rounds), each run through every one of ``names``."""
     results = []
     plan = [(r * 100 + i, name) for r in range(ROUNDS) for i, name in enumerate(mutate.EVERY_MUTATION)]
     for index, name in plan:
         case = mutate.make_case(base, str(tmp_path), SEED, index, mutation=name)
         digest = _sha256(case.path) if os.path.exists(case.path) else None
-        for plugin in fuzzrun.PLUGINS:
+        for plugin in names:
             res = fuzzrun.run_one(case.path, plugin, timeout=20)
             results.append((case, res))
         if digest is not None:  # evidence is never modified
@@ -62,8 +65,25 @@ def test_fuzz_every_mutation_every_plugin(base, tmp_path):
            if r.outcome in fuzzrun.BAD_OUTCOMES]
     assert not bad, "\n".join(map(str, bad))
     assert {c.mutation for c, _ in results} == set(mutate.EVERY_MUTATION)
-    assert {r.plugin for _, r in results} == set(fuzzrun.PLUGINS) and len(fuzzrun.PLUGINS) >= 9
+    assert {r.plugin for _, r in results} == set(names)
     assert max(r.peak_rss_mib for _, r in results) < 1024
+    return results
+
+
+def test_fuzz_every_mutation_every_plugin(base, tmp_path):
+    assert len(fuzzrun.PLUGINS) >= 9
+    _every_mutation(base, tmp_path, fuzzrun.PLUGINS)
+
+
+def test_fuzz_every_mutation_every_command(base, tmp_path):
+    """``kvm-vol info`` and ``kvm-vol textdump`` read the same hostile images and must refuse as cleanly."""
+    results = _every_mutation(base, tmp_path, list(fuzzrun.COMMANDS))
+    outcomes = {(r.plugin, r.outcome) for _, r in results}
+    # each command both reads some cases and refuses others: the runs reached the code, not a usage error
+    assert ("kvm-vol info", "ok") in outcomes and ("kvm-vol info", "error") in outcomes
+    assert ("kvm-vol textdump list", "ok") in outcomes and ("kvm-vol textdump list", "error") in outcomes
+    assert ("kvm-vol textdump extract", "ok") in outcomes
+    assert not any(os.path.lexists(c.path + ".files") for c, _ in results)  # extraction cleaned up
 
 
 def test_fuzz_rotation(base, tmp_path):
@@ -158,6 +178,16 @@ def test_classify(code, stderr, outcome):
     assert fuzzrun._classify(code, stderr, 10)[0] == outcome
 
 
+@pytest.mark.parametrize("code, stderr, outcome", [
+    (1, "kvm-vol: t: member 'a' at offset 0x200: truncated\nkvm-vol: t: member 'b' at offset 0x400: bad\n", "error"),
+    (1, "kvm-vol: a\nkvm-vol: b\nsomething else\n", "unclear"),
+    (2, "usage: kvm-vol info [-h] [--json] IMAGE\n", "unclear"),
+])
+def test_classify_command(code, stderr, outcome):
+    """A command may name several problems, one kvm-vol: line each; anything else is still unclear."""
+    assert fuzzrun._classify(code, stderr, 10, command=True)[0] == outcome
+
+
 def test_summarize_counts_cases_and_classes():
     recs = [{"seed": 1, "index": i // 2, "mutation": "truncate", "format": "raw", "detail": "", "plugin": p,
              "outcome": "error", "seconds": 0.1 * i, "peak_rss_mib": 50 + i,
@@ -166,3 +196,5 @@ def test_summarize_counts_cases_and_classes():
     assert (s["cases"], s["runs"], s["peak_rss_mib"]) == (2, 4, 53)
     assert s["outcomes"] == {"error": 4} and len(s["classes"]) == 1 and s["classes"][0]["count"] == 4
     assert fuzzrun.plugins_for_case(3, 0) == fuzzrun.PLUGINS
+    assert fuzzrun.plugins_for_case(3, 1, ["a", "b"]) == ["b"]
+    assert fuzzrun.runners("all") == fuzzrun.PLUGINS + list(fuzzrun.COMMANDS)
