@@ -140,10 +140,11 @@ def _memoize_cli_start() -> None:
     argparse.ngettext = functools.lru_cache(maxsize=None)(argparse.ngettext)
 
 
-def _run_cli(image: str, plugin: str):
+def _run_cli(image: str, plugin: str, stdout_path: Optional[str] = None):
     """``vol -q -r json -f IMAGE PLUGIN`` (or the kvm-vol command ``plugin``) in this process.
 
-    Returns (exit status, stderr text).
+    Returns (exit status, stderr text).  The output (``vol``'s JSON) goes to
+    ``stdout_path`` if given, else nowhere.
     """
     if plugin in COMMANDS:
         from kvm_vol import cli as kvm_cli
@@ -161,7 +162,7 @@ def _run_cli(image: str, plugin: str):
     err = io.StringIO()
     code = 0
     try:
-        with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(err):
+        with open(stdout_path or os.devnull, "w") as out, redirect_stdout(out), redirect_stderr(err):
             try:
                 main()
             except SystemExit as exc:
@@ -178,11 +179,11 @@ def _run_cli(image: str, plugin: str):
     return (code if isinstance(code, int) else 1), err.getvalue()
 
 
-def _child(image: str, plugin: str, out_fd: int) -> None:
+def _child(image: str, plugin: str, out_fd: int, stdout_path: Optional[str]) -> None:
     # Volatility's log handler holds the original stderr: send fd 2 to the
     # parent as well, so warnings and logged tracebacks are classified too.
     os.dup2(out_fd, 2)
-    code, err = _run_cli(image, plugin)
+    code, err = _run_cli(image, plugin, stdout_path)
     os.write(out_fd, err.encode("utf-8", "replace")[-20000:])
     os._exit(code)
 
@@ -207,8 +208,13 @@ def _classify(code: Optional[int], stderr: str, timeout: float, command: bool = 
     return "unclear", " | ".join(line for line in stderr.splitlines() if line.strip())[:300]
 
 
-def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = False) -> Result:
-    """Run ``plugin`` on ``image`` through the CLI in a forked child (or, for the warm-up, here)."""
+def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = False,
+            stdout_path: Optional[str] = None) -> Result:
+    """Run ``plugin`` on ``image`` through the CLI in a forked child (or, for the warm-up, here).
+
+    ``stdout_path``: keep what the run printed (for a plugin, its rows as
+    ``vol -r json`` renders them) in this file, for checks of the rows.
+    """
     if in_process:
         start = time.monotonic()
         code, stderr = _run_cli(image, plugin)
@@ -221,7 +227,7 @@ def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = F
     if pid == 0:
         os.close(read_fd)
         try:
-            _child(image, plugin, write_fd)
+            _child(image, plugin, write_fd, stdout_path)
         finally:
             os._exit(98)
     os.close(write_fd)
