@@ -76,6 +76,9 @@ def main() -> int:
                              "p_args, ps_strings, file table and name cache mutations")
     parser.add_argument("--only", metavar="NAME[,NAME...]",
                         help="draw only these mutations (e.g. file-table,pargs), to hunt in one class")
+    parser.add_argument("--check-rows", action="store_true",
+                        help="where a case damaged one process, compare the other processes' rows with the "
+                             "intact image's (outcome 'wrong' if they differ; see fuzzrun.COLLATERAL)")
     parser.add_argument("--out", help="JSONL file to append records to (default: in the work directory)")
     parser.add_argument("--summarize", metavar="JSONL", help="only summarize an existing record file")
     args = parser.parse_args()
@@ -128,7 +131,8 @@ def main() -> int:
             try:
                 fuzzrun.run_cases(base, os.path.join(work, f"img{w}"), args.seed, indices[w::max(1, args.jobs)],
                                   out, per_case=args.plugins_per_case, timeout=args.timeout,
-                                  draw_from=draw_from, names=fuzzrun.runners(args.runners))
+                                  draw_from=draw_from, names=fuzzrun.runners(args.runners),
+                                  check_rows=args.check_rows)
             except BaseException:
                 import traceback
 

@@ -17,7 +17,9 @@ Outcomes:
   message either (e.g. Volatility's generic "unable to read a page" text);
 * ``traceback`` - a Python traceback reached the user;
 * ``hang`` - still running after the time limit (killed);
-* ``modified`` - (long runs) the image changed while plugins read it.
+* ``modified`` - (long runs) the image changed while plugins read it;
+* ``wrong`` - (with ``check_rows``) damage to one process changed the rows
+  of another (:func:`rows_check`).
 
 :func:`run_cases` and :func:`summarize` drive long runs
 (``benchmarks/fuzz.py``): records go to a JSONL file as they are made.
@@ -273,6 +275,105 @@ def run_one(image: str, plugin: str, timeout: float = 10.0, in_process: bool = F
 
 
 # ----------------------------------------------------------------------
+# rows: one process's damage must stay with that process
+
+#: Kernel mutations that damage one process (``detail`` starts ``pid N``), and
+#: the plugins whose rows for every *other* process must come out exactly as
+#: from the intact image: a walk that stops or skips at the damage must not
+#: lose, mix up or invent anything about the rest.  Not here: ``allproc-cycle``
+#: and a wild ``p_list`` (they rightly cut the list), ``vnode-names`` (a vnode
+#: and its name are shared by every process that holds it).
+COLLATERAL: Dict[str, tuple] = {
+    "self-parent": ("freebsd.pslist", "freebsd.psargs"),
+    "unterminated-names": ("freebsd.pslist", "freebsd.psargs"),
+    "absurd-counts": ("freebsd.pslist",),
+    "threads-cycle": ("freebsd.pslist",),
+    "wild-pointer": ("freebsd.pslist", "freebsd.files"),
+    "pargs": ("freebsd.psargs",),
+    "ps-strings": ("freebsd.psargs", "freebsd.psenv"),
+    "file-table": ("freebsd.files",),
+}
+
+
+def damaged_pid(mutation: str, detail: str, plugin: str) -> Optional[int]:
+    """The one process a case damaged, if ``plugin``'s rows for the others are to be checked."""
+    import re
+
+    if plugin not in COLLATERAL.get(mutation, ()) or "p_list.le_next" in detail:
+        return None
+    match = re.match(r"pid (\d+) ", detail)
+    return int(match.group(1)) if match else None
+
+
+def rows_by_pid(path: str, damaged: int) -> Dict[int, List[dict]]:
+    """``vol -r json`` rows of a run (tree children flattened), grouped by PID, in output order.
+
+    A row may name the process at the other end of a pipe (``peer ... (pid N
+    fd M)``), found in that process's descriptor table; where N is the
+    ``damaged`` process the name is dropped, since damage to N's table may
+    rightly hide it.
+    """
+    import json
+    import re
+
+    peer = re.compile(rf" \(pid {damaged} fd [^)]*\)")
+    with open(path) as fh:
+        stack = list(reversed(json.load(fh)))
+    by_pid: Dict[int, List[dict]] = {}
+    while stack:
+        row = dict(stack.pop())
+        stack.extend(reversed(row.pop("__children", [])))
+        if isinstance(row.get("DETAILS"), str):
+            row["DETAILS"] = peer.sub("", row["DETAILS"])
+        by_pid.setdefault(row["PID"], []).append(row)
+    return by_pid
+
+
+def rows_check(got_path: str, intact_path: str, damaged: int, plugin: str) -> str:
+    """What is wrong with a damaged image's rows against the intact image's ("" if nothing).
+
+    Every process but ``damaged`` must have exactly its intact rows, no
+    process may appear that the intact image has not, and ``pslist`` must
+    still list the damaged process.
+    """
+    got, want = rows_by_pid(got_path, damaged), rows_by_pid(intact_path, damaged)
+    others = sorted(set(want) - {damaged})
+    if not others:
+        return f"the intact image has no {plugin} rows but pid {damaged}'s: nothing to compare"
+    for pid in others:
+        if got.get(pid) != want[pid]:
+            have = got.get(pid) or []
+            diff = next((f"row {i}: {a} != {b}" for i, (a, b) in enumerate(zip(have, want[pid])) if a != b),
+                        f"{len(have)} rows, intact {len(want[pid])}")
+            return f"pid {pid} (not the damaged pid {damaged}): {diff}"[:300]
+    extra = sorted(set(got) - set(want))
+    if extra:
+        return f"pid {extra[0]} listed, which the intact image has not"
+    if plugin == "freebsd.pslist" and damaged not in got:
+        return f"the damaged pid {damaged} is no longer listed"
+    return ""
+
+
+class IntactRows:
+    """The rows of each plugin on the intact image of each format, made once per run (cached)."""
+
+    def __init__(self, base, workdir: str, timeout: float):
+        self.base, self.workdir, self.timeout, self.paths = base, workdir, timeout, {}
+
+    def __call__(self, fmt: str, plugin: str) -> str:
+        key = (fmt, plugin)
+        if key not in self.paths:
+            directory = os.path.join(self.workdir, "intact")
+            image = self.base.write(directory, stem="intact", formats=(fmt,))[fmt]
+            out = os.path.join(directory, f"{fmt}-{plugin}.json")
+            res = run_one(image, plugin, timeout=self.timeout, stdout_path=out)
+            if res.outcome != "ok":
+                raise RuntimeError(f"{plugin} on the intact {fmt} image: {res.outcome} {res.message}")
+            self.paths[key] = out
+        return self.paths[key]
+
+
+# ----------------------------------------------------------------------
 # long runs: cases -> JSONL records -> summary
 
 def plugins_for_case(index: int, per_case: int, names: Optional[List[str]] = None) -> List[str]:
@@ -307,7 +408,8 @@ def _drop_decompressed_copies(image: str) -> None:
 
 
 def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: int = 0,
-              timeout: float = 10.0, draw_from=None, names: Optional[List[str]] = None) -> int:
+              timeout: float = 10.0, draw_from=None, names: Optional[List[str]] = None,
+              check_rows: bool = False) -> int:
     """Make and run cases ``indices`` of run ``seed``; append one JSON line per plugin run to ``out_path``.
 
     Each line is written with a single ``write`` on an ``O_APPEND`` descriptor,
@@ -317,7 +419,9 @@ def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: i
     ``modified``.  ``draw_from`` is the list mutations are drawn from
     (default :data:`kvm_vol.forge.mutate.ALL_MUTATIONS`); ``names`` what
     runs on each case (default: every plugin; see :func:`runners`).  Returns
-    the number of records written.
+    the number of records written.  ``check_rows``: where a case damaged one
+    process (:data:`COLLATERAL`), compare the other processes' rows with the
+    intact image's (:func:`rows_check`); a difference is outcome ``wrong``.
     """
     import json
 
@@ -325,19 +429,26 @@ def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: i
 
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     written = 0
+    intact = IntactRows(base, workdir, timeout) if check_rows else None
+    rows_out = os.path.join(workdir, "rows.json")
     try:
         for index in indices:
             case = mutate.make_case(base, workdir, seed, index, draw_from=draw_from or mutate.ALL_MUTATIONS)
             before = _fingerprint(case.path)
             for plugin in plugins_for_case(index, per_case, names):
-                res = run_one(case.path, plugin, timeout=timeout)
-                outcome = res.outcome
+                pid = damaged_pid(case.mutation, case.detail, plugin) if check_rows else None
+                res = run_one(case.path, plugin, timeout=timeout, stdout_path=rows_out if pid is not None else None)
+                outcome, message = res.outcome, res.message
+                if pid is not None and outcome == "ok":
+                    wrong = rows_check(rows_out, intact(case.fmt, plugin), pid, plugin)
+                    if wrong:
+                        outcome, message = "wrong", wrong
                 if _fingerprint(case.path) != before:
                     outcome = "modified"
                 record = {"seed": seed, "index": index, "mutation": case.mutation, "format": case.fmt,
                           "detail": case.detail, "plugin": plugin, "outcome": outcome,
                           "seconds": round(res.seconds, 3), "peak_rss_mib": round(res.peak_rss_mib, 1),
-                          "message": res.message.replace(case.path, "IMAGE")}
+                          "message": message.replace(case.path, "IMAGE")}
                 os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
                 written += 1
             if os.path.exists(case.path):
@@ -349,7 +460,7 @@ def run_cases(base, workdir: str, seed: int, indices, out_path: str, per_case: i
 
 
 #: Outcomes a clean run must not have.
-BAD_OUTCOMES = ("traceback", "hang", "unclear", "modified")
+BAD_OUTCOMES = ("traceback", "hang", "unclear", "modified", "wrong")
 
 
 def message_class(message: str) -> str:
