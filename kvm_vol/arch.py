@@ -59,9 +59,7 @@ class Arch:
     def canonical(self, va: int) -> int:
         """A kernel address as the kernel prints it (Volatility hands out masked offsets)."""
         if self.address_bits == 48:
-            from kvm_vol.core.amd64 import canonical
-
-            return canonical(va)
+            return _amd64.canonical(va)
         return va & ((1 << self.address_bits) - 1)
 
 

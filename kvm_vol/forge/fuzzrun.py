@@ -152,7 +152,6 @@ def _run_cli(image: str, plugin: str, stdout_path: Optional[str] = None):
         from kvm_vol import cli as kvm_cli
 
         argv = [a.format(image=image, out=_extract_dir(image)) for a in COMMANDS[plugin]]
-        sys.argv = ["kvm-vol"] + argv
 
         def main():
             sys.exit(kvm_cli.main(argv))

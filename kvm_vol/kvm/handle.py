@@ -42,7 +42,8 @@ from volatility3.framework.layers import physical as vphysical
 import kvm_vol.volatility  # noqa: F401  (stackers, identifier, symbol directories)
 from kvm_vol.errors import KvmVolError, TranslationError
 from kvm_vol.layers import live
-from kvm_vol.layers.kernel import FreebsdKernelStacker, canonical
+from kvm_vol.core.amd64 import canonical
+from kvm_vol.layers.kernel import FreebsdKernelStacker
 from kvm_vol.layers.physical import FreebsdDumpStacker, dump_for_layer
 from kvm_vol.symbols import volsym
 

@@ -33,16 +33,14 @@ from typing import Dict, Optional, Tuple
 from volatility3.framework import exceptions, interfaces
 
 from kvm_vol.core import amd64 as A
+from kvm_vol.core.amd64 import canonical
 
-__all__ = ["KernelMemory", "StructReader", "canonical"]
+__all__ = ["KernelMemory", "StructReader"]
 
 _CHUNK_SHIFT = 16  # physical read size for the direct map: 64 KiB
 _CHUNK = 1 << _CHUNK_SHIFT
 _MAX_CACHED = 1 << 15  # cached chunks/pages before the caches are dropped (~2 GiB worst case)
 _ADDRESS_MASK = (1 << 48) - 1
-
-
-canonical = A.canonical  # one sign extension for every reader (kvm_vol.core.amd64)
 
 
 class KernelMemory:

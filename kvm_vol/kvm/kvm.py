@@ -30,7 +30,8 @@ from volatility3.framework import exceptions, interfaces
 from kvm_vol import freebsd as F
 from kvm_vol.core import amd64 as A
 from kvm_vol.kvm import queue
-from kvm_vol.kvm.kmem import KernelMemory, StructReader, canonical
+from kvm_vol.core.amd64 import canonical
+from kvm_vol.kvm.kmem import KernelMemory, StructReader
 from kvm_vol.kvm.procs import ProcRecord, ThreadRecord, thread_stat
 from kvm_vol.kvm.sysapi import SystemAPI
 

@@ -38,8 +38,6 @@ _U64 = (1 << 64) - 1
 _MAX_CPUS = 65536
 
 
-
-
 class NlistEntry(NamedTuple):
     name: str  #: as asked
     symbol: Optional[str]  #: the symbol that matched (``vnet_entry_...`` for a VNET global)
@@ -89,7 +87,7 @@ class KernelNlist:
     def lookup(self, name: str) -> Optional[int]:
         """The address of ``name`` in the kernel's symbol table (no relocation), or None."""
         try:
-            return canonical(self.table.get_symbol(name).address & _U64)
+            return canonical(self.table.get_symbol(name).address)
         except (exceptions.SymbolError, KeyError, AttributeError):
             return None
 

@@ -31,6 +31,7 @@ from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import intel, physical, resources, scanners
 
 from kvm_vol.core import amd64 as A
+from kvm_vol.core.amd64 import canonical
 from kvm_vol.core.arm64 import KERNEL_SYMBOLS as ARM64_KERNEL_SYMBOLS
 from kvm_vol.core.i386 import KERNEL_SYMBOLS as I386_KERNEL_SYMBOLS
 from kvm_vol.errors import DumpFormatError, TranslationError
@@ -43,8 +44,6 @@ vollog = logging.getLogger(__name__)
 #: Any FreeBSD kernel banner, for the "which kernel is this?" diagnosis.
 BANNER_RE = re.compile(rb"FreeBSD [0-9]+\.[0-9]+-[A-Z0-9.-]+ [ -~]{1,200}\n")
 
-
-canonical = A.canonical  # kept here for importers of the layer module
 
 
 class FreebsdCoreLayer:

@@ -251,7 +251,7 @@ def ranges_from_kmem(read_kva: Callable[[int, int], bytes],
     Returns ``(banner, ranges, array name)``; raises :class:`MemDeviceError`
     saying what is missing.
     """
-    from kvm_vol.layers.kernel import canonical
+    from kvm_vol.core.amd64 import canonical
 
     tried = 0
     for banner, syms in candidates:

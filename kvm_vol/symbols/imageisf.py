@@ -29,8 +29,6 @@ _KERNEL_SPAN = 256 << 20
 _ELF_KERNEL_IDENT = b"\x7fELF\x02\x01\x01"
 
 
-
-
 def kernel_reader(read_phys: Callable[[int, int], Optional[bytes]], kernphys: int) -> ReadKva:
     """``read_kva`` for the kernel image mapping: ``pa = kernphys + (va - KERNSTART)``.
 
